@@ -1,0 +1,1 @@
+"""The pseudo-fixation factory: equations, data, labeler, Ray pipelines, metrics."""

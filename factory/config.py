@@ -1,0 +1,207 @@
+"""Frozen, typed configuration that flows from ``jobs/`` into ``factory/``.
+
+Two presets: ``tiny`` (small encoders and inputs: CPU tests and the embedded demo) and
+``paper`` (the paper code's encoders and sizes). Every magic number of the pipeline is
+a field here with the reason beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.config import CGCNConfig, EncodersConfig
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    """Audio features: 16 kHz mono, a 1 s window centred on each frame, log STFT
+    magnitude (linear frequency as the paper's code; ``mel=True`` for mel bands),
+    z-scored per window. 512-sample windows with hop 160 give 257 x 101, the input the
+    VGGSound ResNet-18 was trained on."""
+
+    sample_rate: int = 16_000
+    window_s: float = 1.0
+    n_fft: int = 512
+    hop_length: int = 160
+    mel: bool = False
+    n_mels: int = 64
+    log_eps: float = 1e-7
+    zscore: bool = True
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate * self.window_s)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        bins = self.n_mels if self.mel else self.n_fft // 2 + 1
+        return bins, self.window_samples // self.hop_length + 1
+
+
+@dataclass(frozen=True)
+class FrameConfig:
+    """Frame sampling. Frames are decoded at ``fps`` inside the clip's segment and
+    resized to the working size ``height x width`` (the resolution of the output maps);
+    the coarse stage reads them at ``coarse_size`` and the fine stage crops them to
+    ``fine_size`` (256 and 356 in the paper)."""
+
+    height: int = 360
+    width: int = 640
+    fps: float = 8.0
+    coarse_size: int = 256
+    fine_size: int = 356
+    max_frames: int = 256  # per clip: bounds a decoded clip's memory (32 s at 8 fps)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Multigranularity windows (SPEC.md table): short term spans t-4..t+4; long-term
+    frames lie outside it; ``pool_clips`` clips per tag (the bottom-k by a seeded hash)
+    with ``pool_groups`` 3-frame groups each feed the cross term."""
+
+    short_radius: int = 4
+    pool_clips: int = 4
+    pool_groups: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's recipe (SGD, Nesterov momentum 0.9, encoder and new-layer learning-rate
+    groups, multilabel soft-margin loss); every knob overridable."""
+
+    epochs: int = 15
+    batch_size: int = 8
+    targets_per_clip: int = 4  # target frames drawn from each clip per epoch
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    new_layer_lr_mult: float = 10.0  # new layers at 10x the encoder's rate
+    lr: dict[str, float] = field(
+        default_factory=lambda: {
+            "S": 1e-4,
+            "ST": 1e-4,
+            "SA": 1e-4,
+            "S+": 1e-3,
+            "ST+": 1e-5,
+            "SA+": 1e-5,
+            "switch": 1e-4,
+            "audio": 1e-3,
+        }
+    )
+    student_lr: float = 1e-3
+    student_weight_decay: float = 1e-4
+    holdout_fraction: float = 0.15  # clips held out (by hash) to report tag accuracy
+    fine_tune: bool = False  # False: frozen encoders, features computed once and shared
+    seed: int = 0
+
+    def lr_for(self, net: str) -> float:
+        return self.lr.get(net.split("@")[0], self.lr.get(net, 1e-4))
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Labeler settings. ``dtype`` ``auto`` = bf16 on GPU, fp32 on CPU."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    channels_last: bool = True
+    reject_silent: bool = False  # True: a clip without an audio stream is a reject
+    multi_tag_rule: str = "confidence"  # per-tag SCAM+ maps weighted by selected confidence
+    frame_chunk: int = 64  # frames per encoder call (bounds activation memory)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    encoders: EncodersConfig
+    frames: FrameConfig
+    spectrogram: SpectrogramConfig
+    windows: WindowConfig
+    train: TrainConfig
+    label: LabelConfig
+    cgcn: CGCNConfig
+    head_hidden: int  # width of the 3x3 head convs (the paper code's heads; 512 there)
+
+    def replace(self, **changes: Any) -> Preset:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1)
+
+
+def preset(name: str) -> Preset:
+    """``tiny`` or ``paper``."""
+    if name == "paper":
+        return Preset(
+            name="paper",
+            encoders=EncodersConfig.paper(),
+            frames=FrameConfig(),
+            spectrogram=SpectrogramConfig(),
+            windows=WindowConfig(),
+            train=TrainConfig(),
+            label=LabelConfig(),
+            cgcn=CGCNConfig(),
+            head_hidden=512,
+        )
+    if name == "tiny":
+        return Preset(
+            name="tiny",
+            encoders=EncodersConfig.tiny(),
+            frames=FrameConfig(
+                height=128, width=128, fps=8.0, coarse_size=128, fine_size=176, max_frames=64
+            ),
+            # 256-sample windows, hop 320: a 129 x 51 spectrogram, cheap on CPU.
+            spectrogram=SpectrogramConfig(n_fft=256, hop_length=320),
+            windows=WindowConfig(pool_clips=3, pool_groups=2),
+            train=TrainConfig(
+                epochs=12,
+                batch_size=16,
+                targets_per_clip=8,
+                lr={
+                    "S": 3e-2,
+                    "ST": 1e-2,
+                    "SA": 1e-2,
+                    "S+": 3e-2,
+                    "ST+": 1e-2,
+                    "SA+": 1e-2,
+                    "switch": 1e-2,
+                    "audio": 3e-2,
+                },
+                student_lr=1e-2,
+            ),
+            label=LabelConfig(),
+            cgcn=CGCNConfig(),
+            head_hidden=16,
+        )
+    raise ValueError(f"unknown preset {name!r}: expected 'tiny' or 'paper'")
+
+
+def from_dict(d: dict[str, Any]) -> Preset:
+    """Rebuild a Preset from :meth:`Preset.to_dict` (as stored in a bundle)."""
+    from models.config import AudioEncoderConfig, DilatedVGGConfig, ImageTrunkConfig
+
+    def tuples(x: dict[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
+    enc = d["encoders"]
+    return Preset(
+        name=d["name"],
+        encoders=EncodersConfig(
+            ImageTrunkConfig(**tuples(enc["image"])),
+            DilatedVGGConfig(**tuples(enc["plus"])),
+            AudioEncoderConfig(**tuples(enc["audio"])),
+        ),
+        frames=FrameConfig(**d["frames"]),
+        spectrogram=SpectrogramConfig(**d["spectrogram"]),
+        windows=WindowConfig(**d["windows"]),
+        train=TrainConfig(**d["train"]),
+        label=LabelConfig(**d["label"]),
+        cgcn=CGCNConfig(**d["cgcn"]),
+        head_hidden=d["head_hidden"],
+    )

@@ -1,0 +1,68 @@
+"""C-GCN (Sec. 4.3): m steps of semantic reasoning over a target node TA and n
+multigranularity nodes MG_1..MG_n, each step followed by the fixation refine layer.
+
+Every node is a ``c x h x w`` class-map tensor. With ``R`` the reshape to ``c x hw``:
+- Eq. 10: ``F(h_a, h_b) = R(Conv1x1(h_a))^T @ R(Conv1x1(h_b))`` (an ``hw x hw`` affinity);
+- Eq. 9: ``e_{a,b} = softmax(F(h_a, h_b)^T)``, normalised over node b's positions (the
+  dimension the message sums over; the only reading under which Eq. 11 is an
+  attention-weighted average);
+- Eq. 11 / 12: ``h_a <- R^-1( h_a * sigma( sum_{b != a} R(h_b) @ e_{a,b} ) )``. TA
+  receives from every MG node, each MG node from TA and the other MG nodes, so every
+  node receives from every other node;
+- Eq. 13-14: :func:`factory.equations.fixation_refine` on every node after every step.
+
+All nodes update from the states of the previous step (a synchronous update).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from factory.equations import fixation_refine
+from models.config import NEW_LAYER_INIT_STD, CGCNConfig
+
+
+def node_messages(states: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Summed messages into every node (Eq. 9-12 before the sigmoid gate).
+
+    ``states`` (B, N, c, L) are ``R(h)``; ``keys`` (B, N, c, L) are ``R(Conv1x1(h))``.
+    Returns (B, N, c, L): for node a, ``sum_{b != a} R(h_b) @ e_{a,b}``.
+    """
+    n = states.shape[1]
+    affinity = torch.einsum("bncp,bmcq->bnmpq", keys, keys)  # F(h_a, h_b)[p, q]
+    edges = torch.softmax(affinity, dim=-1)  # e_{a,b}: over b's positions q, per a-position p
+    not_self = 1.0 - torch.eye(n, dtype=states.dtype, device=states.device)
+    return torch.einsum("bmcq,bnmpq,nm->bncp", states, edges, not_self)
+
+
+class CGCN(nn.Module):
+    """Conservative GCN: ``forward(nodes)`` with nodes (B, 1 + n, c, h, w), node 0 = TA,
+    returns the node states after m steps, same shape.
+
+    >>> g = CGCN(channels=4, cfg=CGCNConfig(steps=2, nodes=2))
+    >>> tuple(g(torch.rand(1, 3, 4, 5, 5)).shape)
+    (1, 3, 4, 5, 5)
+    """
+
+    def __init__(self, channels: int, cfg: CGCNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # One Conv1x1 of Eq. 10 per reasoning step (the step's own edge weights).
+        self.affinity_convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 1) for _ in range(cfg.steps)
+        )
+        for conv in self.affinity_convs:
+            nn.init.normal_(conv.weight, std=NEW_LAYER_INIT_STD)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        b, n, c, h, w = nodes.shape
+        if n != 1 + self.cfg.nodes:
+            raise ValueError(f"C-GCN built for 1 + {self.cfg.nodes} nodes, got {n}")
+        for conv in self.affinity_convs:
+            keys = conv(nodes.reshape(b * n, c, h, w)).reshape(b, n, c, h * w)
+            states = nodes.reshape(b, n, c, h * w)
+            gated = states * torch.sigmoid(node_messages(states, keys))
+            nodes = fixation_refine(gated.reshape(b, n, c, h, w), self.cfg.td, self.cfg.tr)
+        return nodes

@@ -1,0 +1,184 @@
+"""Classification nets of Fig. 5: S, ST, SA (A-C), the audio switch, S+, ST+, SA+ (E-G),
+and the audio-only tagger that labels the switch's training data.
+
+Every net reads encoder *features* (so frozen encoders run once per frame and are
+shared), passed as a mapping:
+
+- ``image``: (B, T, C, h, w) features of the frames the net reads (T = 1, or 3 for
+  t-1, t, t+1); a ``+`` net takes (B, 1 + n, T, C, h, w), node 0 the target;
+- ``audio``: (B, D) audio vectors (``(B, 1 + n, D)`` for SA+);
+- ``gate``: (B,) audio switch decisions in {0, 1} (``(B, 1 + n)`` for SA+), optional.
+
+``forward_features`` returns the class maps before pooling (B, c, h, w): the CAM of
+Eq. 1 is read from them without reaching into the net; ``forward_head`` is the GAP
+classifier of Sec. 3.3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from models.cgcn import CGCN
+from models.config import NEW_LAYER_INIT_STD, HeadConfig, NetConfig
+from models.fuse import SAFuse, STFuse
+
+Inputs = Mapping[str, torch.Tensor]
+
+
+def init_new_layers(module: nn.Module) -> None:
+    """normal(0, 0.01) weights, zero biases for layers added on top of an encoder."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, std=NEW_LAYER_INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ClassMapHead(nn.Module):
+    """``convs`` x (3x3 conv + ReLU), then the 1x1 conv to c: the class maps."""
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        hidden = cfg.hidden or in_channels
+        for _ in range(cfg.convs):
+            layers += [nn.Conv2d(width, hidden, 3, padding=1), nn.ReLU(inplace=True)]
+            width = hidden
+        layers.append(nn.Conv2d(width, num_classes, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ClassificationNet(nn.Module):
+    """Base: subclasses implement ``forward_features`` (features -> class maps)."""
+
+    num_classes: int
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, class_maps: torch.Tensor) -> torch.Tensor:
+        """GAP over the class maps: (B, c, h, w) -> logits (B, c)."""
+        return class_maps.mean(dim=(-2, -1))
+
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs))
+
+
+class SNet(ClassificationNet):
+    """S (Fig. 5-A): the target frame's spatial feature straight into the classifier."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        self.head = ClassMapHead(cfg.image_channels, cfg.num_classes, cfg.head)
+        init_new_layers(self)
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        image = inputs["image"]
+        return self.head(image[:, image.shape[1] // 2])
+
+
+class STNet(ClassificationNet):
+    """ST (Fig. 5-C): ST fuse (Eq. 6) over t-1, t, t+1, then the classifier."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        mid = cfg.fuse_channels or cfg.image_channels
+        self.fuse = STFuse(cfg.image_channels, mid)
+        self.head = ClassMapHead(2 * cfg.image_channels, cfg.num_classes, cfg.head)
+        init_new_layers(self)
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        return self.head(self.fuse(inputs["image"]))
+
+
+class SANet(ClassificationNet):
+    """SA (Fig. 5-B): SA fuse (Eq. 5) of the target frame and its 1 s of audio, gated by
+    the audio switch, then the classifier."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        if cfg.audio_dim <= 0:
+            raise ValueError("SANet needs audio_dim > 0")
+        self.num_classes = cfg.num_classes
+        self.fuse = SAFuse(cfg.image_channels, cfg.audio_dim)
+        self.head = ClassMapHead(2 * cfg.image_channels, cfg.num_classes, cfg.head)
+        init_new_layers(self)
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        image = inputs["image"]
+        return self.head(
+            self.fuse(image[:, image.shape[1] // 2], inputs["audio"], inputs.get("gate"))
+        )
+
+
+class AudioSwitch(SANet):
+    """The audio switch (Sec. 3.3): a binary net with the SA architecture (no gate of its
+    own) whose single logit says whether the sound belongs to the picture; ``phi(a) = a``
+    when the logit is > 0, else zeros."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__(
+            NetConfig(1, cfg.image_channels, cfg.audio_dim, cfg.head, cfg.cgcn, cfg.fuse_channels)
+        )
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        image = inputs["image"]
+        return self.head(self.fuse(image[:, image.shape[1] // 2], inputs["audio"], None))
+
+    @torch.no_grad()
+    def decide(self, inputs: Inputs) -> torch.Tensor:
+        """(B,) float gate in {0, 1}."""
+        return (self.forward(inputs)[:, 0] > 0).float()
+
+
+class AudioTagger(nn.Module):
+    """Audio-only classifier (audio vector -> c logits). Its agreement with the tag is the
+    audio switch's training label, so no outside audio classifier is needed."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        hidden = max(32, min(512, cfg.audio_dim // 4))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.audio_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, cfg.num_classes),
+        )
+
+    def forward(self, inputs: Inputs) -> torch.Tensor:
+        return self.mlp(inputs["audio"])
+
+
+class PlusNet(ClassificationNet):
+    """S+ / ST+ / SA+ (Fig. 5 E-G): a branch net (S, ST or SA, shared weights) maps the
+    target and each of the n multigranularity inputs to class maps (the nodes), the
+    C-GCN reasons over them, and the final target node goes to the classifier."""
+
+    def __init__(self, branch: ClassificationNet, cfg: NetConfig) -> None:
+        super().__init__()
+        self.num_classes = cfg.num_classes
+        self.branch = branch
+        self.cgcn = CGCN(cfg.num_classes, cfg.cgcn)
+
+    def forward_graph(self, inputs: Inputs) -> torch.Tensor:
+        """All node states after m steps: (B, 1 + n, c, h, w), node 0 = target."""
+        image = inputs["image"]
+        b, n = image.shape[:2]
+        flat = {"image": image.flatten(0, 1)}
+        for key in ("audio", "gate"):
+            if inputs.get(key) is not None:
+                flat[key] = inputs[key].flatten(0, 1)
+        maps = self.branch.forward_features(flat)
+        return self.cgcn(maps.reshape(b, n, *maps.shape[1:]))
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        return self.forward_graph(inputs)[:, 0]

@@ -1,0 +1,241 @@
+"""Contract tests over every registered net and student, the C-GCN by hand, and weight
+loading through the config path."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models.vgg import VGG, make_layers
+
+from factory import equations as eq
+from factory import losses
+from factory.weights import build_encoders
+from models.cgcn import CGCN, node_messages
+from models.config import (
+    AudioEncoderConfig,
+    CGCNConfig,
+    DilatedVGGConfig,
+    EncodersConfig,
+    ImageTrunkConfig,
+)
+from models.encoders import AudioEncoder, DilatedVGG
+from models.registry import NETS, STUDENTS, EncodedNet, build_net, build_student
+
+C = 5
+SIZE = 64
+SPEC_SHAPE = (1, 33, 26)
+
+
+def raw_inputs(spec, batch, nodes=2):
+    lead = (batch, 1 + nodes) if spec.graph else (batch,)
+    g = torch.Generator().manual_seed(batch)
+    return {
+        "frames": torch.randn(*lead, spec.frames, 3, SIZE, SIZE, generator=g),
+        "spectrogram": torch.randn(*lead, *SPEC_SHAPE, generator=g),
+        "gate": torch.ones(*lead),
+    }
+
+
+@pytest.fixture(scope="module")
+def encoders_cfg():
+    return EncodersConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def encoders(encoders_cfg):
+    return build_encoders(encoders_cfg)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_net_contract(name, batch, encoders, encoders_cfg):
+    entry = NETS[name]
+    torch.manual_seed(0)
+    net = build_net(name, C, encoders_cfg, head_hidden=8)
+    model = EncodedNet(encoders, net, entry.spec)
+    model.train()
+    logits = model(raw_inputs(entry.spec, batch))
+    n_out = 1 if entry.spec.label == "switch" else C
+    assert logits.shape == (batch, n_out)
+    assert torch.isfinite(logits).all()
+    if hasattr(net, "forward_features"):
+        from models.registry import encode_for_spec
+
+        maps = net.forward_features(
+            encode_for_spec(encoders, entry.spec, raw_inputs(entry.spec, batch))
+        )
+        assert maps.dim() == 4 and maps.shape[:2] == (batch, n_out)
+        cam = eq.class_activation_map(maps, torch.zeros(batch, dtype=torch.long))
+        assert cam.shape == (batch, *maps.shape[-2:])
+        assert torch.allclose(net.forward_head(maps), maps.mean(dim=(-2, -1)))
+    target = torch.zeros_like(logits)
+    target[:, 0] = 1
+    losses.multilabel_soft_margin(logits, target).backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all()
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
+    for pname, p in encoders.named_parameters():
+        assert not p.requires_grad and p.grad is None, (
+            f"frozen encoder parameter {pname} got a gradient"
+        )
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_student_contract(name, batch, encoders, encoders_cfg):
+    torch.manual_seed(0)
+    student = build_student(name, encoders_cfg, num_classes=C)
+    g = torch.Generator().manual_seed(0)
+    if name == "STA":
+        frames = torch.randn(batch, 3, 3, SIZE, SIZE, generator=g)
+        f = encoders.image(frames.flatten(0, 1))
+        inputs = {
+            "image": f["F5"].reshape(batch, 3, *f["F5"].shape[1:]),
+            "F4": f["F4"].reshape(batch, 3, *f["F4"].shape[1:])[:, 1],
+            "F3": f["F3"].reshape(batch, 3, *f["F3"].shape[1:])[:, 1],
+            "audio": encoders.audio(torch.randn(batch, *SPEC_SHAPE, generator=g)),
+            "gate": torch.ones(batch),
+        }
+        out = student(inputs, size=(32, 32))
+        assert out.shape == (batch, 32, 32)
+        loss = losses.bce_kl(out, torch.rand(batch, 32, 32, generator=g))
+    else:
+        frames = torch.randn(batch, 3, 3, 3, SIZE, SIZE, generator=g)
+        p = encoders.plus(frames.flatten(0, 2))
+        inputs = {
+            "image": p.reshape(batch, 3, 3, *p.shape[1:]),
+            "audio": encoders.audio(torch.randn(batch * 3, *SPEC_SHAPE, generator=g)).reshape(
+                batch, 3, -1
+            ),
+            "gate": torch.ones(batch, 3),
+        }
+        out = student(inputs, size=(32, 32))
+        assert out.shape == (batch, 3, 32, 32)
+        loss = losses.node_sum_loss(
+            list(out.unbind(1)), list(torch.rand(3, batch, 32, 32, generator=g))
+        )
+    assert torch.isfinite(out).all()
+    loss.backward()
+    for pname, p in student.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (5, 1), (1, 4), (5, 4), (3, 2)])
+@pytest.mark.parametrize("base", ["S+", "ST+", "SA+"])
+def test_plus_nets_build_for_every_m_and_n(m, n, base, encoders, encoders_cfg):
+    cgcn = CGCNConfig(steps=m, nodes=n, td=0.8, tr=0.6)
+    net = build_net(base, C, encoders_cfg, head_hidden=8, cgcn=cgcn)
+    model = EncodedNet(encoders, net, NETS[base].spec)
+    with torch.no_grad():
+        logits = model(raw_inputs(NETS[base].spec, 2, nodes=n))
+    assert logits.shape == (2, C) and torch.isfinite(logits).all()
+    assert len(net.cgcn.affinity_convs) == m
+
+
+def test_plus_net_rejects_wrong_node_count(encoders, encoders_cfg):
+    net = build_net("S+", C, encoders_cfg, cgcn=CGCNConfig(nodes=2))
+    with pytest.raises(ValueError, match=r"1 \+ 2 nodes"), torch.no_grad():
+        EncodedNet(encoders, net, NETS["S+"].spec)(raw_inputs(NETS["S+"].spec, 1, nodes=3))
+
+
+def test_cgcn_messages_by_hand():
+    # two nodes, one channel, two positions: h_a = [1, 0], h_b = [0, 2], keys = states
+    states = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])
+    msg = node_messages(states, states)
+    # into a from b: F[p, q] = k_a[p] k_b[q] = [[0, 2], [0, 0]]; softmax over q per p
+    e2 = math.exp(2)
+    into_a = [2 * e2 / (1 + e2), 1.0]
+    # into b from a: F[p, q] = k_b[p] k_a[q] = [[0, 0], [2, 0]]
+    into_b = [0.5, e2 / (1 + e2)]
+    assert torch.allclose(msg[0, 0, 0], torch.tensor(into_a), atol=1e-6)
+    assert torch.allclose(msg[0, 1, 0], torch.tensor(into_b), atol=1e-6)
+
+
+def test_cgcn_one_step_equals_gate_then_refine():
+    torch.manual_seed(0)
+    g = CGCN(channels=3, cfg=CGCNConfig(steps=1, nodes=1, td=0.8, tr=0.6))
+    nodes = torch.rand(2, 2, 3, 4, 4)
+    keys = g.affinity_convs[0](nodes.flatten(0, 1)).reshape(2, 2, 3, 16)
+    states = nodes.reshape(2, 2, 3, 16)
+    expected = eq.fixation_refine(
+        (states * torch.sigmoid(node_messages(states, keys))).reshape(2, 2, 3, 4, 4), 0.8, 0.6
+    )
+    assert torch.allclose(g(nodes), expected, atol=1e-6)
+
+
+class TestWeightLoading:
+    def test_image_trunk_from_torchvision_state_dict(self, tmp_path):
+        torch.manual_seed(0)
+        ref = ResNet(BasicBlock, [1, 1, 1, 1]).eval()
+        path = tmp_path / "resnet10.pth"
+        torch.save(ref.state_dict(), path)
+        cfg = ImageTrunkConfig(
+            block="basic",
+            layers=(1, 1, 1, 1),
+            widths=(64, 128, 256, 512),
+            groups=1,
+            width_per_group=64,
+            weights=str(path),
+        )
+        enc = build_encoders(
+            EncodersConfig(cfg, DilatedVGGConfig.tiny(), AudioEncoderConfig.tiny())
+        )
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            y = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+            y = ref.layer4(ref.layer3(ref.layer2(ref.layer1(y))))
+            assert torch.allclose(enc.image(x)["F5"], y, atol=1e-5)
+
+    def test_dilated_vgg_from_torchvision_state_dict(self, tmp_path):
+        torch.manual_seed(0)
+        plan = [8, "M", 16, "M", 24, "M", 32, "M", 32, "M"]
+        ref = VGG(make_layers(plan), num_classes=10, init_weights=True).eval()
+        path = tmp_path / "vgg.pth"
+        torch.save({"state_dict": ref.state_dict()}, path)
+        cfg = DilatedVGGConfig(
+            widths=(8, 16, 24, 32, 32), convs_per_stage=(1, 1, 1, 1, 1), weights=str(path)
+        )
+        enc = build_encoders(
+            EncodersConfig(ImageTrunkConfig.tiny(), cfg, AudioEncoderConfig.tiny())
+        )
+        for k, v in ref.features.state_dict().items():
+            assert torch.equal(enc.plus.features.state_dict()[k], v)
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            # up to and including pool3 (index 8) the two networks are the same function
+            assert torch.allclose(enc.plus.features[:9](x), ref.features[:9](x), atol=1e-6)
+            assert enc.plus(x).shape[-1] == 64 // 8
+
+    def test_paper_vgg16_keys_line_up_with_torchvision(self):
+        ours = DilatedVGG(DilatedVGGConfig.paper()).state_dict()
+        theirs = {
+            k: v
+            for k, v in torchvision.models.vgg16().state_dict().items()
+            if k.startswith("features.")
+        }
+        assert ours.keys() == theirs.keys()
+        assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+    def test_audio_encoder_remaps_vggsound_prefixes(self, tmp_path):
+        torch.manual_seed(0)
+        src = AudioEncoder(AudioEncoderConfig.tiny()).eval()
+        state = {f"module.audnet.{k}": v for k, v in src.state_dict().items()}
+        state["module.audnet.fc.weight"] = torch.zeros(3, 3)
+        path = tmp_path / "vggsound.pt"
+        torch.save(state, path)
+        cfg = AudioEncoderConfig(**{**AudioEncoderConfig.tiny().__dict__, "weights": str(path)})
+        enc = build_encoders(EncodersConfig(ImageTrunkConfig.tiny(), DilatedVGGConfig.tiny(), cfg))
+        x = torch.randn(2, *SPEC_SHAPE)
+        with torch.no_grad():
+            assert torch.allclose(enc.audio(x), src(x), atol=1e-6)
+
+    def test_wrong_architecture_gives_clear_error(self, tmp_path):
+        path = tmp_path / "bad.pt"
+        torch.save({"conv1.weight": torch.zeros(1)}, path)
+        cfg = ImageTrunkConfig(**{**ImageTrunkConfig.tiny().__dict__, "weights": str(path)})
+        with pytest.raises(ValueError, match="do not fit the configured architecture"):
+            build_encoders(EncodersConfig(cfg, DilatedVGGConfig.tiny(), AudioEncoderConfig.tiny()))
