@@ -29,12 +29,19 @@ Inputs = Mapping[str, torch.Tensor]
 
 
 def init_new_layers(module: nn.Module) -> None:
-    """normal(0, 0.01) weights, zero biases for layers added on top of an encoder."""
+    """Layers added on top of an encoder: Kaiming-normal (fan-in) weights for the layers
+    that feed a nonlinearity, normal(0, 0.01) for each 1x1 classifier (the authors'
+    value), zero biases. The authors use 0.01 everywhere; at their widths (thousands of
+    input channels) that is about unit gain, at the tiny widths it would vanish, so the
+    fan-in rule keeps the same behaviour at every size."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(m.weight, std=NEW_LAYER_INIT_STD)
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, ClassMapHead):
+            nn.init.normal_(m.layers[-1].weight, std=NEW_LAYER_INIT_STD)
 
 
 class ClassMapHead(nn.Module):
@@ -161,13 +168,20 @@ class AudioTagger(nn.Module):
 class PlusNet(ClassificationNet):
     """S+ / ST+ / SA+ (Fig. 5 E-G): a branch net (S, ST or SA, shared weights) maps the
     target and each of the n multigranularity inputs to class maps (the nodes), the
-    C-GCN reasons over them, and the final target node goes to the classifier."""
+    C-GCN reasons over them, and the final target node goes to the classifier (Sec.
+    4.3.1: "the final status h^m_TA will be fed into a classifier"; the classifier of
+    Sec. 3.3 is a 1x1 conv to c, then GAP). The CAM is read from that classifier's maps.
+    The classifier matters: the C-GCN's sigmoid gates shrink negative class evidence
+    towards 0, so without it no class could get a clearly negative logit."""
 
     def __init__(self, branch: ClassificationNet, cfg: NetConfig) -> None:
         super().__init__()
         self.num_classes = cfg.num_classes
         self.branch = branch
         self.cgcn = CGCN(cfg.num_classes, cfg.cgcn)
+        self.classifier = ClassMapHead(cfg.num_classes, cfg.num_classes, HeadConfig(convs=0))
+        nn.init.normal_(self.classifier.layers[-1].weight, std=NEW_LAYER_INIT_STD)
+        nn.init.zeros_(self.classifier.layers[-1].bias)
 
     def forward_graph(self, inputs: Inputs) -> torch.Tensor:
         """All node states after m steps: (B, 1 + n, c, h, w), node 0 = target."""
@@ -181,4 +195,4 @@ class PlusNet(ClassificationNet):
         return self.cgcn(maps.reshape(b, n, *maps.shape[1:]))
 
     def forward_features(self, inputs: Inputs) -> torch.Tensor:
-        return self.forward_graph(inputs)[:, 0]
+        return self.classifier(self.forward_graph(inputs)[:, 0])

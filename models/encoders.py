@@ -80,6 +80,7 @@ class ImageTrunk(nn.Module):
             "F4": 4 * cfg.layer_strides[0] * cfg.layer_strides[1] * cfg.layer_strides[2],
         }
         self.strides["F5"] = self.strides["F4"] * cfg.layer_strides[3]
+        init_encoder(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -88,6 +89,20 @@ class ImageTrunk(nn.Module):
         f4 = self.layer3(f3)
         f5 = self.layer4(f4)
         return {"F3": f3, "F4": f4, "F5": f5}
+
+
+def init_encoder(module: nn.Module) -> None:
+    """torchvision's initialisation (Kaiming normal, fan-out, for convs; BatchNorm to
+    identity), so a randomly initialised encoder keeps unit-scale activations. Loaded
+    weights replace it."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def load_image_trunk_weights(trunk: ImageTrunk, state: Mapping[str, torch.Tensor]) -> None:
@@ -144,6 +159,7 @@ class DilatedVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.channels = cfg.widths[-1]
         self.stride = 8
+        init_encoder(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -159,7 +175,11 @@ def load_dilated_vgg_weights(vgg: DilatedVGG, state: Mapping[str, torch.Tensor])
 
 class NetVLAD(nn.Module):
     """NetVLAD pooling (Arandjelovic et al.): soft-assign local descriptors to K
-    clusters, sum residuals, intra-normalise, L2-normalise; output K * D."""
+    clusters, sum residuals, intra-normalise, L2-normalise; output K * D.
+
+    The L2-normalised descriptor is multiplied by ``sqrt(K * D)`` so its elements have
+    unit RMS: a fixed scale (no information changes) that keeps the default
+    initialisation and learning rates of the layers reading it meaningful."""
 
     def __init__(self, clusters: int, dim: int) -> None:
         super().__init__()
@@ -176,7 +196,7 @@ class NetVLAD(nn.Module):
             - assign.sum(-1, keepdim=True) * self.centroids
         )
         vlad = F.normalize(vlad, dim=2)
-        return F.normalize(vlad.reshape(b, -1), dim=1)
+        return F.normalize(vlad.reshape(b, -1), dim=1) * (vlad.shape[1] * vlad.shape[2]) ** 0.5
 
 
 class AudioEncoder(nn.Module):
@@ -200,6 +220,7 @@ class AudioEncoder(nn.Module):
                 BasicBlock, inplanes, w, n, 1 if i == 0 else 2, 1, 64
             )
             self.add_module(f"layer{i + 1}", layer)
+        init_encoder(self)
         self.netvlad = NetVLAD(cfg.vlad_clusters, inplanes)
         self.out_dim = cfg.out_dim
 

@@ -1,0 +1,341 @@
+"""The labeler: SCAM+ pseudo-fixation maps for a decoded, tagged clip. Plain PyTorch (no
+Ray), so it can be tested and profiled alone, on CPU or GPU.
+
+Per clip and tag ``i`` (SPEC.md section 3):
+
+1. encode every frame once: the image trunk (F4, F5) and the dilated VGG16 at the
+   coarse size, the audio encoder on each frame's 1 s window, the audio switch;
+2. coarse SCAM (Eq. 1-3) from S, ST, SA; the coarse box (2 x mean, tight box);
+3. fine stage: t-1, t, t+1 cropped to the target's box at the fine size (the only other
+   encoder passes), fine S, ST, SA CAMs pasted back to full-frame coordinates; fine SCAM;
+4. the 8 multigranularity pairs from S+, ST+, SA+ with short, long and cross terms;
+5. SCAM+ (Eq. 8) over the 3 fine sources and the 8 pairs: the pseudo-fixation map.
+
+Every net reads the features computed in step 1 / 3, so each frame is encoded once at
+the coarse size whatever the number of nets and windows that use it (the performance
+floor of SPEC.md section 6). A source that cannot run for a frame (no audio stream; no
+other clip of the tag in the pool) gets weight 0 in Eq. 8 and is counted.
+
+Multi-tag clips (beyond the paper): one SCAM+ per tag, combined as the per-pixel mean
+weighted by each tag's summed selected confidence ``sum_k sf(C_k)[i]`` (a tag no source
+ranks first drops out), then min-max normalised; both tags' objects stay salient.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from factory import equations as eq
+from factory.bundle import Bundle
+from factory.decode import DecodedClip
+from factory.encoding import FrameEncoder, normalize_frames, resize_square
+from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
+from factory.pool import PoolEntries, PoolSource
+from models.registry import NETS
+
+log = logging.getLogger(__name__)
+
+PLUS_PAIRS = (
+    ("S+", "short"),
+    ("S+", "long"),
+    ("S+", "cross"),
+    ("ST+", "short"),
+    ("ST+", "long"),
+    ("ST+", "cross"),
+    ("SA+", "long"),
+    ("SA+", "cross"),
+)
+SOURCES = ("S", "ST", "SA") + tuple(f"{net}{term}" for net, term in PLUS_PAIRS)
+ABLATION_MAPS = ("cam_s", "ac", "scam_coarse", "scam_fine")
+
+
+@dataclass
+class ClipLabels:
+    key: str
+    tags: list[str]
+    times: np.ndarray
+    maps: np.ndarray  # (T, H, W) float32 in [0, 1]: the pseudo-fixation maps
+    boxes: np.ndarray  # (T, 4) normalised coarse boxes (union over tags)
+    box_fallback: np.ndarray  # (T,) bool
+    confidences: dict[str, np.ndarray]  # source -> (T,) selected confidence sf(C)[i]
+    gate: np.ndarray  # (T,) audio switch decisions (False without audio)
+    has_audio: bool
+    ablation: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, H, W)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Labeler:
+    """``Labeler(bundle, pool).label(clip, tags)`` -> :class:`ClipLabels`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        pool: PoolSource | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        ablation: bool = False,
+        channels_last: bool = True,
+        frame_chunk: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.pool = pool
+        self.ablation = ablation
+        self.encoder = FrameEncoder(
+            bundle.encoders, bundle.preset, device, dtype, channels_last, frame_chunk
+        )
+        self.device = self.encoder.device
+        self.frame_chunk = self.encoder.chunk
+        self.settings = WindowSettings(
+            bundle.cgcn.nodes, bundle.preset.windows.short_radius, bundle.preset.windows.seed
+        )
+        self.frames_cfg = bundle.preset.frames
+        for net in bundle.nets.values():
+            net.to(self.device).eval()
+        self._pool_features: dict[str, PoolEntries] = {}
+
+    @property
+    def encoder_passes(self) -> dict[str, int]:
+        return self.encoder.passes
+
+    def _switch(self, f5: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        switch = self.bundle.net("switch")
+        out = []
+        for img, aud in zip(f5.split(self.frame_chunk), audio.split(self.frame_chunk), strict=True):
+            with self.encoder.autocast():
+                out.append((switch({"image": img[:, None], "audio": aud})[:, 0] > 0).float())
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def encode_clip(self, clip: DecodedClip) -> tuple[ClipFeatures, torch.Tensor]:
+        """Step 1: features of every frame, once, plus the audio switch's decisions.
+        Returns (features, normalised full-size frames)."""
+        feats, frames = self.encoder.clip(clip)
+        if clip.has_audio:
+            feats["gate"] = self._switch(feats["F5"], feats["audio"])
+        else:
+            feats["gate"] = torch.zeros(frames.shape[0], device=self.device)
+        return feats, frames
+
+    def pool_features(self, tag: str) -> PoolEntries | None:
+        """A tag's pool entries encoded once per labeler (then cached)."""
+        if tag in self._pool_features:
+            return self._pool_features[tag]
+        raw = self.pool.get(tag) if self.pool is not None else None
+        if raw is None or len(raw) == 0:
+            self._pool_features[tag] = PoolEntries([], {})
+            return self._pool_features[tag]
+        groups = torch.from_numpy(raw.arrays["frames"]).to(self.device)  # (E, 3, H, W, 3)
+        e = groups.shape[0]
+        images = resize_square(normalize_frames(groups.flatten(0, 1)), self.frames_cfg.coarse_size)
+        enc = self.encoder.images(images, plus=True, kind="pool")
+        plus = enc["plus"].reshape(e, 3, *enc["plus"].shape[1:])
+        f5_centre = enc["F5"].reshape(e, 3, *enc["F5"].shape[1:])[:, 1]
+        has_audio = torch.from_numpy(raw.arrays["has_audio"]).to(self.device).bool()
+        audio = self.encoder.audio(raw.arrays["audio"]) * has_audio[:, None]
+        gate = self._switch(f5_centre, audio) * has_audio
+        entries = PoolEntries(list(raw.keys), {"plus": plus, "audio": audio, "gate": gate})
+        self._pool_features[tag] = entries
+        return entries
+
+    # ------------------------------------------------------------------ nets
+
+    def _run(
+        self, net_name: str, inputs: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class maps and confidences of a net, in chunks over the batch."""
+        net = self.bundle.net(net_name)
+        b = next(iter(inputs.values())).shape[0]
+        maps, confs = [], []
+        for start in range(0, b, self.frame_chunk):
+            part = {k: v[start : start + self.frame_chunk] for k, v in inputs.items()}
+            with self.encoder.autocast():
+                m = net.forward_features(part)
+            m = m.float()
+            maps.append(m)
+            confs.append(eq.class_confidences(net.forward_head(m)))
+        return torch.cat(maps), torch.cat(confs)
+
+    def _cam(self, maps: torch.Tensor, tag: int, size: tuple[int, int]) -> torch.Tensor:
+        idx = torch.full((maps.shape[0],), tag, dtype=torch.long, device=maps.device)
+        cam = eq.class_activation_map(maps, idx)
+        return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[
+            :, 0
+        ].clamp(0, 1)
+
+    # ------------------------------------------------------------------ stages
+
+    def run_net(
+        self,
+        name: str,
+        feats: ClipFeatures,
+        key: str,
+        stage: str = "coarse",
+        term: str | None = None,
+        pool: PoolEntries | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class maps, confidences, valid mask) of a bundle net over every frame."""
+        spec = NETS[name.removesuffix("_fine")].spec
+        targets = np.arange(feats["gate"].shape[0])
+        inputs, valid = gather_inputs(
+            spec, feats, targets, stage=stage, term=term, key=key, settings=self.settings, pool=pool
+        )
+        maps, conf = self._run(name, inputs)
+        return maps, conf, valid
+
+    def coarse_scam(
+        self,
+        feats: ClipFeatures,
+        key: str,
+        has_audio: bool,
+        tag: int,
+        size: tuple[int, int],
+        cache: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 2: the coarse CAMs (T, 3, H, W) of S, ST, SA, their confidences
+        (T, 3, c) and the coarse SCAM (T, H, W). ``cache`` keeps the nets' outputs across tags."""
+        cache = {} if cache is None else cache
+        t = feats["gate"].shape[0]
+        cams, confs = [], []
+        for name in ("S", "ST", "SA"):
+            if name == "SA" and not has_audio:  # no audio: SA takes no part
+                cams.append(torch.zeros(t, *size, device=self.device))
+                confs.append(torch.zeros_like(confs[0]))
+                continue
+            if name not in cache:
+                cache[name] = self.run_net(name, feats, key)
+            maps, conf, _ = cache[name]
+            cams.append(self._cam(maps, tag, size))
+            confs.append(conf)
+        cams_c, confs_c = torch.stack(cams, 1), torch.stack(confs, 1)
+        idx = torch.full((t,), tag, dtype=torch.long, device=self.device)
+        return cams_c, confs_c, eq.scam(cams_c, confs_c, idx)
+
+    def fine_features(self, frames: torch.Tensor, boxes: torch.Tensor) -> ClipFeatures:
+        """Step 3's encoder passes: t-1, t, t+1 cropped to box_t, at the fine size."""
+        t = frames.shape[0]
+        idx = torch.clamp(
+            torch.arange(t, device=frames.device)[:, None]
+            + torch.tensor([-1, 0, 1], device=frames.device),
+            0,
+            t - 1,
+        )
+        crops = eq.crop_resize(
+            frames[idx.flatten()],
+            boxes.repeat_interleave(3, dim=0),
+            (self.frames_cfg.fine_size,) * 2,
+        )
+        enc = self.encoder.images(crops, plus=False, kind="fine")
+        f4 = enc["F4"].reshape(t, 3, *enc["F4"].shape[1:])[:, 1]
+        f5 = enc["F5"].reshape(t, 3, *enc["F5"].shape[1:])
+        return {"crop_F4": f4, "crop_F5": f5}
+
+    # ------------------------------------------------------------------ labelling
+
+    @torch.inference_mode()
+    def label(self, clip: DecodedClip, tags: Sequence[str]) -> ClipLabels:
+        if not tags:
+            raise ValueError(f"clip {clip.key!r}: no tags to label with")
+        feats, frames = self.encode_clip(clip)
+        t = frames.shape[0]
+        size = (frames.shape[-2], frames.shape[-1])
+        has_audio = clip.has_audio
+        counters = {"box_fallbacks": 0, "cross_missing": 0, "frames_without_source": 0}
+        coarse_cache: dict = {}
+        plus_cache: dict = {}
+        zeros_map = torch.zeros(t, *size, device=self.device)
+
+        per_tag_maps, per_tag_weight, per_tag_conf, boxes_all, fallback_all = [], [], [], [], []
+        ablation: dict[str, list[torch.Tensor]] = {k: [] for k in ABLATION_MAPS}
+        for tag in tags:
+            i = self.bundle.tag_index(tag)
+            idx = torch.full((t,), i, dtype=torch.long, device=self.device)
+            cams_c, confs_c, scam_coarse = self.coarse_scam(
+                feats, clip.key, has_audio, i, size, coarse_cache
+            )
+            boxes, fell_back = eq.coarse_box(scam_coarse)
+            counters["box_fallbacks"] += int(fell_back.sum())
+            fine = {**feats, **self.fine_features(frames, boxes)}
+            no_conf = torch.zeros_like(confs_c[:, 0])
+            cams_f, confs_f = [], []
+            for name in ("S_fine", "ST_fine", "SA_fine"):
+                if name == "SA_fine" and not has_audio:
+                    cams_f.append(zeros_map)
+                    confs_f.append(no_conf)
+                    continue
+                maps, conf, _ = self.run_net(name, fine, clip.key, stage="fine")
+                cams_f.append(eq.paste_back(eq.class_activation_map(maps, idx), boxes, size))
+                confs_f.append(conf)
+            cams_f_t, confs_f_t = torch.stack(cams_f, 1), torch.stack(confs_f, 1)
+            cams_p, confs_p = [], []
+            for n, term in PLUS_PAIRS:
+                if n == "SA+" and not has_audio:
+                    cams_p.append(zeros_map)
+                    confs_p.append(no_conf)
+                    continue
+                cache_key = (n, term, tag if term == "cross" else None)
+                if cache_key not in plus_cache:
+                    pool = self.pool_features(tag) if term == "cross" else None
+                    maps, conf, valid = self.run_net(n, feats, clip.key, term=term, pool=pool)
+                    if term == "cross":
+                        counters["cross_missing"] += int((~valid).sum())
+                    plus_cache[cache_key] = (maps, conf * valid[:, None])
+                maps, conf = plus_cache[cache_key]
+                cams_p.append(self._cam(maps, i, size))
+                confs_p.append(conf)
+            all_cams = torch.cat([cams_f_t, torch.stack(cams_p, 1)], dim=1)
+            all_confs = torch.cat([confs_f_t, torch.stack(confs_p, 1)], dim=1)
+            selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
+            per_tag_maps.append(eq.scam_plus(all_cams, all_confs, idx))
+            per_tag_weight.append(selected.sum(1))
+            per_tag_conf.append(selected)
+            boxes_all.append(boxes)
+            fallback_all.append(fell_back)
+            counters["frames_without_source"] += int((selected.sum(1) == 0).sum())
+            if self.ablation:
+                ablation["cam_s"].append(cams_c[:, 0])
+                ablation["ac"].append(eq.average_cam(cams_c[:, : 3 if has_audio else 2]))
+                ablation["scam_coarse"].append(scam_coarse)
+                ablation["scam_fine"].append(eq.scam(cams_f_t, confs_f_t, idx))
+
+        weights = torch.stack(per_tag_weight, 1)  # (T, tags)
+        conf_mean = torch.stack(per_tag_conf, 0).mean(0)  # (T, 11)
+        boxes_u = torch.stack(boxes_all, 0)
+        union = torch.cat([boxes_u[..., :2].amin(0), boxes_u[..., 2:].amax(0)], dim=-1)
+        result = ClipLabels(
+            key=clip.key,
+            tags=list(tags),
+            times=clip.times,
+            maps=combine_tags(torch.stack(per_tag_maps, 1), weights)
+            .cpu()
+            .numpy()
+            .astype(np.float32),
+            boxes=union.cpu().numpy().astype(np.float32),
+            box_fallback=torch.stack(fallback_all, 0).any(0).cpu().numpy(),
+            confidences={
+                s: conf_mean[:, k].cpu().numpy().astype(np.float32) for k, s in enumerate(SOURCES)
+            },
+            gate=feats["gate"].bool().cpu().numpy(),
+            has_audio=has_audio,
+            counters=counters,
+        )
+        if self.ablation:
+            result.ablation = {
+                k: combine_tags(torch.stack(v, 1), weights).cpu().numpy().astype(np.float32)
+                for k, v in ablation.items()
+            }
+        return result
+
+
+def combine_tags(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Multi-tag rule: per-pixel mean of the per-tag maps (T, tags, H, W) weighted by each
+    tag's summed selected confidence (T, tags), then Z. One tag: the map itself."""
+    if maps.shape[1] == 1:
+        return maps[:, 0]
+    w = weights[..., None, None]
+    fused = (w * maps).sum(1) / w.sum(1).clamp_min(eq.NORMALIZE_EPS)
+    return eq.minmax_normalize(fused)
