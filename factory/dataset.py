@@ -1,0 +1,142 @@
+"""The pseudo-fixation dataset's schema: one Arrow row per labelled frame.
+
+Columns (SPEC.md section 5): ``video_id, frame_index, time_s, tag, height, width,
+map, box, confidences, shard_id`` plus ``box_fallback, has_audio, audio_switch,
+source`` and, with ``--ablation``, ``map_cam_s, map_ac, map_scam_coarse,
+map_scam_fine``.
+
+Maps are ``uint8`` (0-255 = saliency 0-1) stored as a nested fixed-size list
+``[height][width]``: plain nested lists to any Parquet reader (pyarrow, pandas, Ray
+Data, Hugging Face ``datasets``), no extension type needed. ``box`` is
+``[x0, y0, x1, y1]`` in normalised frame coordinates. ``confidences`` is a struct of
+the 11 sources' selected confidences ``sf(C)[tag]`` (Eq. 3; 0 = the source did not
+rank the tag first or could not run).
+
+Reading a map without this project::
+
+    import numpy as np, pyarrow.parquet as pq
+    t = pq.read_table("out/shards")
+    m = np.array(t["map"][0].as_py(), dtype=np.uint8)   # (height, width)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from factory.labeler import ABLATION_MAPS, SOURCES, ClipLabels
+
+CONFIDENCE_TYPE = pa.struct([(s, pa.float32()) for s in SOURCES])
+
+
+def map_type(height: int, width: int) -> pa.DataType:
+    return pa.list_(pa.list_(pa.uint8(), width), height)
+
+
+def schema(height: int, width: int, ablation: bool, tagged: bool = True) -> pa.Schema:
+    fields = [
+        ("video_id", pa.string()),
+        ("frame_index", pa.int32()),
+        ("time_s", pa.float64()),
+    ]
+    if tagged:
+        fields.append(("tag", pa.string()))
+    fields += [
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("map", map_type(height, width)),
+    ]
+    if tagged:
+        fields += [
+            ("box", pa.list_(pa.float32(), 4)),
+            ("box_fallback", pa.bool_()),
+            ("confidences", CONFIDENCE_TYPE),
+            ("has_audio", pa.bool_()),
+            ("audio_switch", pa.bool_()),
+        ]
+    fields.append(("source", pa.string()))
+    if ablation:
+        fields += [(f"map_{name}", map_type(height, width)) for name in ABLATION_MAPS]
+    fields.append(("shard_id", pa.string()))
+    return pa.schema(fields)
+
+
+def to_uint8(maps: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(maps * 255.0), 0, 255).astype(np.uint8)
+
+
+def map_array(maps: np.ndarray) -> pa.Array:
+    """(T, H, W) float in [0, 1] -> nested fixed-size-list uint8 array of T maps."""
+    t, h, w = maps.shape
+    flat = pa.array(to_uint8(maps).reshape(-1), type=pa.uint8())
+    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, w), h)
+
+
+def labels_table(labels: ClipLabels, source: str, ablation: bool) -> pa.Table:
+    """The rows of one labelled clip (``shard_id`` filled in by the writer)."""
+    t, h, w = labels.maps.shape
+    cols: dict[str, pa.Array] = {
+        "video_id": pa.array([labels.key] * t, pa.string()),
+        "frame_index": pa.array(np.arange(t, dtype=np.int32)),
+        "time_s": pa.array(np.asarray(labels.times, dtype=np.float64)),
+        "tag": pa.array(["|".join(labels.tags)] * t, pa.string()),
+        "height": pa.array(np.full(t, h, np.int32)),
+        "width": pa.array(np.full(t, w, np.int32)),
+        "map": map_array(labels.maps),
+        "box": pa.FixedSizeListArray.from_arrays(
+            pa.array(labels.boxes.reshape(-1), pa.float32()), 4
+        ),
+        "box_fallback": pa.array(labels.box_fallback.astype(bool)),
+        "confidences": pa.StructArray.from_arrays(
+            [pa.array(labels.confidences[s], pa.float32()) for s in SOURCES], names=list(SOURCES)
+        ),
+        "has_audio": pa.array(np.full(t, labels.has_audio)),
+        "audio_switch": pa.array(labels.gate.astype(bool)),
+        "source": pa.array([source] * t, pa.string()),
+    }
+    if ablation:
+        for name in ABLATION_MAPS:
+            cols[f"map_{name}"] = map_array(labels.ablation[name])
+    cols["shard_id"] = pa.array([""] * t, pa.string())
+    return pa.table(cols, schema=schema(h, w, ablation))
+
+
+def table_to_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_bytes(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(io.BytesIO(data)).read_all()
+
+
+def maps_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A ``map`` column -> (N, H, W) uint8, without Python loops over pixels."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0, 0), np.uint8)
+    h = arr.type.list_size
+    w = arr.type.value_type.list_size
+    return arr.flatten().flatten().to_numpy(zero_copy_only=False).reshape(n, h, w)
+
+
+def export_png(table: pa.Table, out_dir: str, column: str = "map") -> int:
+    """Per-frame PNG maps in the usual saliency-dataset layout:
+    ``<out_dir>/<video_id>/maps/eyeMap_%05d.png`` (frame_index + 1, as the common
+    datasets number from 1). Returns the number of files written."""
+    from PIL import Image
+
+    maps = maps_from_column(table[column])
+    vids = table["video_id"].to_pylist()
+    idx = table["frame_index"].to_pylist()
+    for m, vid, i in zip(maps, vids, idx, strict=True):
+        folder = os.path.join(out_dir, vid, "maps")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(m).save(os.path.join(folder, f"eyeMap_{i + 1:05d}.png"))
+    return len(maps)

@@ -1,0 +1,91 @@
+"""The embedded default of ``jobs/label.py``: the whole factory on a synthetic world.
+
+With no arguments the label job: generates a synthetic tagged corpus to train on and a
+held-out one to label (with one deliberately broken file, to show a reject being
+accounted for), fits a tiny bundle if none is cached, labels the held-out corpus with
+``--ablation``, and scores every intermediate map against the synthetic ground truth
+next to the centre prior. Everything lands under ``runs/demo/`` and is reused by the
+next run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+
+from factory.raycluster import REPO_ROOT
+from factory.synthetic import SyntheticConfig, generate
+
+log = logging.getLogger(__name__)
+
+DEMO_ROOT = os.path.join(REPO_ROOT, "runs", "demo")
+TRAIN_WORLD = SyntheticConfig(num_tags=4, clips_per_tag=8, seed=0)
+HELDOUT_WORLD = SyntheticConfig(
+    num_tags=4,
+    clips_per_tag=3,
+    seed=1,
+    multi_tag_clips=1,
+    no_audio_stream=1,
+    split_fractions=(0.0, 0.0, 1.0),
+)
+BROKEN_CLIP = "demo_broken"
+
+
+def demo_paths(root: str = DEMO_ROOT) -> dict[str, str]:
+    return {
+        "train_corpus": os.path.join(root, "corpus-train"),
+        "heldout_corpus": os.path.join(root, "corpus-heldout"),
+        "bundle": os.path.join(root, "bundle"),
+        "out": os.path.join(root, "pseudo-fixations"),
+        "report": os.path.join(root, "evaluation"),
+    }
+
+
+def prepare_corpora(root: str = DEMO_ROOT) -> dict[str, str]:
+    """Generate the two synthetic corpora (cached), add a truncated copy of one held-out
+    video to the held-out manifest as a bad input, and return the paths."""
+    paths = demo_paths(root)
+    generate(paths["train_corpus"], TRAIN_WORLD)
+    meta = generate(paths["heldout_corpus"], HELDOUT_WORLD)
+    manifest = os.path.join(paths["heldout_corpus"], "manifest.csv")
+    broken = os.path.join(paths["heldout_corpus"], "videos", f"{BROKEN_CLIP}.mp4")
+    if not os.path.exists(broken):
+        src = os.path.join(paths["heldout_corpus"], meta["clips"][0]["video"])
+        shutil.copyfile(src, broken)
+        with open(broken, "r+b") as f:
+            f.truncate(os.path.getsize(src) // 3)  # a download cut short: no moov atom
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f))
+    if not any(r["video_id"] == BROKEN_CLIP for r in rows):
+        rows.append(
+            {
+                **rows[0],
+                "video": f"videos/{BROKEN_CLIP}.mp4",
+                "video_id": BROKEN_CLIP,
+                "kind": "truncated",
+            }
+        )
+        with open(manifest, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    paths["train_manifest"] = os.path.join(paths["train_corpus"], "manifest.csv")
+    paths["heldout_manifest"] = manifest
+    return paths
+
+
+def ensure_bundle(paths: dict[str, str]) -> None:
+    from factory.train_job import TrainOptions, run_train, summary_table
+
+    if os.path.exists(os.path.join(paths["bundle"], "bundle.json")):
+        log.info("demo: using the cached tiny bundle at %s", paths["bundle"])
+        return
+    log.info(
+        "demo: no bundle yet, fitting a tiny one on the synthetic training corpus (cached for the next run)"
+    )
+    result = run_train(
+        TrainOptions(corpus=paths["train_manifest"], out=paths["bundle"], preset="tiny")
+    )
+    print(summary_table(result["metrics"]))

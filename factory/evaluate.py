@@ -1,0 +1,402 @@
+"""Score predicted maps against ground truth, per video and per dataset.
+
+Predictions: this project's Parquet output (a dataset root with ``_manifest.json``, or a
+folder of Parquet shards), every ``map*`` column of it (so one ``--ablation`` run scores
+single-source CAM, AC, coarse SCAM, fine SCAM and SCAM+ side by side), or a folder of
+per-frame PNG maps ``<pred>/<video>/maps/eyeMap_%05d.png`` (numbered from 1).
+
+Ground truth, in either layout:
+
+- the synthetic corpus (``synthetic.json`` + ``ground_truth/<video_id>.npz``);
+- the six audio-visual test sets as commonly distributed (STAViS release):
+  ``annotations/<DB>/<video>/maps/eyeMap_%05d.jpg`` (continuous map) and
+  ``annotations/<DB>/<video>/fixMap_%05d.mat`` (binary fixations, MATLAB field
+  ``eyeMap``), frames ``video_frames/<DB>/<video>/img_%05d.jpg``, frame rates from
+  ``fold_lists/<DB>_list_test_*_fps.txt`` (``name nframes fps``) or ``--gt-fps``;
+  ``--gt`` points at the release root (every DB) or names one DB with ``ROOT::DB``.
+
+Protocol (STAViS over the MIT code, which the paper's numbers come from): each
+prediction is min-max normalised, blurred (Gaussian, sigma 2, 13x13) at its own
+resolution and resized to the ground truth (``blur=False`` skips the blur); CC, SIM and
+KLD against the continuous map; NSS, AUC-J and s-AUC against the fixations; s-AUC's
+negatives are the fixations of all other frames of the same video; per-frame scores
+are averaged per video, then over videos. A centre-prior baseline is always scored.
+A prediction frame is matched to the ground-truth frame nearest in time.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from factory import metrics as M
+from factory import storage
+
+log = logging.getLogger(__name__)
+
+CENTER_PRIOR = "center prior"
+TABLE_METRICS = ("auc_judd", "sim", "auc_shuffled", "cc", "nss", "kld")
+TABLE_NAMES = {
+    "auc_judd": "AUC-J",
+    "sim": "SIM",
+    "auc_shuffled": "s-AUC",
+    "cc": "CC",
+    "nss": "NSS",
+    "kld": "KLD",
+}
+COLUMN_NAMES = {
+    "map": "SCAM+ (pseudo-fixation)",
+    "map_cam_s": "CAM (S, single source)",
+    "map_ac": "AC (Eq. 22)",
+    "map_scam_coarse": "SCAM (coarse)",
+    "map_scam_fine": "SCAM (fine)",
+}
+
+
+@dataclass
+class VideoTruth:
+    video: str
+    times: np.ndarray  # (T,)
+    maps: np.ndarray  # (T, H, W) float [0, 1]
+    fixations: np.ndarray  # (T, H, W) bool
+    frames: list[str] = field(default_factory=list)  # image paths, where the layout has them
+
+
+# ----------------------------------------------------------------- ground truth
+
+
+def is_synthetic(gt: str) -> bool:
+    return os.path.exists(os.path.join(gt, "synthetic.json"))
+
+
+def synthetic_truth(gt: str, videos: set[str] | None = None) -> Iterator[VideoTruth]:
+    from factory.synthetic import load_ground_truth
+
+    for path in sorted(glob.glob(os.path.join(gt, "ground_truth", "*.npz"))):
+        vid = os.path.basename(path)[:-4]
+        if videos is not None and vid not in videos:
+            continue
+        g = load_ground_truth(gt, vid)
+        yield VideoTruth(vid, g["times"], g["maps"], g["fixations"])
+
+
+def _stavis_fps(root: str, db: str) -> dict[str, float]:
+    fps = {}
+    for path in glob.glob(os.path.join(root, "fold_lists", f"{db}_list_test_*_fps.txt")):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    fps[parts[0]] = float(parts[2])
+    return fps
+
+
+def stavis_truth(
+    gt: str, videos: set[str] | None = None, default_fps: float = 30.0
+) -> Iterator[VideoTruth]:
+    from PIL import Image
+    from scipy.io import loadmat
+
+    root, _, only_db = gt.partition("::")
+    dbs = [only_db] if only_db else sorted(os.listdir(os.path.join(root, "annotations")))
+    for db in dbs:
+        fps = _stavis_fps(root, db)
+        for vdir in sorted(glob.glob(os.path.join(root, "annotations", db, "*"))):
+            vid = os.path.basename(vdir)
+            if videos is not None and vid not in videos and f"{db}/{vid}" not in videos:
+                continue
+            map_files = sorted(
+                glob.glob(os.path.join(vdir, "maps", "eyeMap_*.jpg"))
+                + glob.glob(os.path.join(vdir, "maps", "eyeMap_*.png"))
+            )
+            maps, fixes, times = [], [], []
+            rate = fps.get(vid, default_fps)
+            for mf in map_files:
+                k = int(re.findall(r"(\d+)", os.path.basename(mf))[-1])
+                fix_path = os.path.join(vdir, f"fixMap_{k:05d}.mat")
+                cont = np.asarray(Image.open(mf).convert("L"), dtype=np.float32) / 255.0
+                fix = (
+                    loadmat(fix_path)["eyeMap"].astype(bool)
+                    if os.path.exists(fix_path)
+                    else np.zeros_like(cont, dtype=bool)
+                )
+                maps.append(cont)
+                fixes.append(fix)
+                times.append((k - 1) / rate)
+            frames = [
+                os.path.join(root, "video_frames", db, vid, f"img_{i + 1:05d}.jpg")
+                for i in range(len(map_files))
+            ]
+            if maps:
+                yield VideoTruth(vid, np.asarray(times), np.stack(maps), np.stack(fixes), frames)
+
+
+def load_truth(gt: str, videos: set[str] | None = None, fps: float = 30.0) -> Iterator[VideoTruth]:
+    if is_synthetic(gt):
+        yield from synthetic_truth(gt, videos)
+    elif os.path.isdir(os.path.join(gt.partition("::")[0], "annotations")):
+        yield from stavis_truth(gt, videos, fps)
+    else:
+        raise ValueError(
+            f"ground truth {gt!r}: not a synthetic corpus (synthetic.json) and no annotations/<DB>/<video>/maps folder "
+            "(the STAViS layout); see jobs/evaluate.py --help for the accepted layouts"
+        )
+
+
+# ----------------------------------------------------------------- predictions
+
+
+def prediction_columns(pred: str) -> list[str]:
+    if _png_layout(pred):
+        return ["map"]
+    import pyarrow.parquet as pq
+
+    files = _parquet_files(pred)
+    if not files:
+        raise ValueError(
+            f"predictions {pred!r}: no Parquet shards and no <video>/maps/*.png folders found"
+        )
+
+    fs, path = storage.filesystem(files[0])
+    with fs.open(path, "rb") as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    return [n for n in names if n == "map" or n.startswith("map_")]
+
+
+def _png_layout(pred: str) -> bool:
+    return not storage.is_remote(pred) and bool(glob.glob(os.path.join(pred, "*", "maps", "*.png")))
+
+
+def _parquet_files(pred: str) -> list[str]:
+    if storage.exists(storage.join(pred, "_manifest.json")):
+        manifest = storage.read_json(storage.join(pred, "_manifest.json"))
+        return [storage.join(pred, s["file"]) for s in manifest["shards"]]
+    for folder in (storage.join(pred, "shards"), pred):
+        files = [f for f in storage.listdir(folder) if f.endswith(".parquet")]
+        if files:
+            return files
+    return []
+
+
+def load_predictions(
+    pred: str, columns: list[str]
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """column -> video -> (times (N,), maps (N, H, W) float [0, 1])."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {c: {} for c in columns}
+    if _png_layout(pred):
+        from PIL import Image
+
+        for vdir in sorted(glob.glob(os.path.join(pred, "*"))):
+            files = sorted(glob.glob(os.path.join(vdir, "maps", "*.png")))
+            if not files:
+                continue
+            idx = np.array([int(re.findall(r"(\d+)", os.path.basename(f))[-1]) - 1 for f in files])
+            maps = np.stack(
+                [np.asarray(Image.open(f).convert("L"), dtype=np.float32) / 255.0 for f in files]
+            )
+            out["map"][os.path.basename(vdir)] = (
+                idx.astype(np.float64),
+                maps,
+            )  # frame numbers, matched by index
+        return out
+    from factory.dataset import maps_from_column
+    from factory.store import read_parquet
+
+    parts: dict[str, dict[str, list]] = {c: {} for c in columns}
+    for f in _parquet_files(pred):
+        t = read_parquet(f, ["video_id", "time_s", *columns])
+        vids = np.asarray(t["video_id"].to_pylist())
+        times = t["time_s"].to_numpy()
+        for c in columns:
+            maps = maps_from_column(t[c]).astype(np.float32) / 255.0
+            for v in np.unique(vids):
+                sel = vids == v
+                parts[c].setdefault(v, []).append((times[sel], maps[sel]))
+    for c in columns:
+        for v, chunks in parts[c].items():
+            times = np.concatenate([a for a, _ in chunks])
+            maps = np.concatenate([b for _, b in chunks])
+            order = np.argsort(times)
+            out[c][v] = (times[order], maps[order])
+    return out
+
+
+# ----------------------------------------------------------------- scoring
+
+
+def score_video(
+    truth: VideoTruth,
+    preds: dict[str, tuple[np.ndarray, np.ndarray]],
+    by_index: bool,
+    blur: bool,
+    seed: int = 0,
+) -> dict[str, list[dict[str, float | None]]]:
+    """Per-frame scores of every method for one video (plus the centre prior)."""
+    out: dict[str, list[dict[str, float | None]]] = {}
+    n = len(truth.times)
+
+    def others(j: int) -> np.ndarray | None:
+        """s-AUC negatives: fixations of every other frame of the video."""
+        return truth.fixations[np.arange(n) != j].any(axis=0) if n > 1 else None
+
+    for method, (ptimes, pmaps) in preds.items():
+        rows = []
+        for k in range(len(ptimes)):
+            j = int(ptimes[k]) if by_index else int(np.argmin(np.abs(truth.times - ptimes[k])))
+            if 0 <= j < n:
+                pred = M.stavis_preprocess(pmaps[k], truth.maps[j].shape) if blur else pmaps[k]
+                rows.append(
+                    M.score_frame(pred, truth.maps[j], truth.fixations[j], others(j), seed=seed + j)
+                )
+        out[method] = rows
+    prior = M.center_prior(truth.maps.shape[1:])
+    out[CENTER_PRIOR] = [
+        M.score_frame(prior, truth.maps[j], truth.fixations[j], others(j), seed=seed + j)
+        for j in range(n)
+    ]
+    return out
+
+
+@dataclass
+class EvaluationReport:
+    methods: dict[str, dict]  # method -> metrics.aggregate output
+    videos: int
+    unmatched_videos: list[str]
+
+    def table(self) -> str:
+        """A Markdown table in the shape of the paper's Table 7 rows."""
+        lines = [
+            "| method | " + " | ".join(TABLE_NAMES[m] for m in TABLE_METRICS) + " | frames |",
+            "|---|" + "---|" * (len(TABLE_METRICS) + 1),
+        ]
+        for method, agg in self.methods.items():
+            vals = [agg["dataset"].get(m) for m in TABLE_METRICS]
+            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in vals)
+            lines.append(f"| {method} | {cells} | {sum(agg['frames'].values())} |")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {
+            "videos": self.videos,
+            "unmatched_videos": self.unmatched_videos,
+            "averaging": "per frame, then per video, then over videos (STAViS / MIT benchmark)",
+            "methods": self.methods,
+        }
+
+
+def evaluate(
+    pred: str,
+    gt: str,
+    columns: list[str] | None = None,
+    blur: bool = True,
+    fps: float = 30.0,
+    use_ray: bool | None = None,
+) -> EvaluationReport:
+    columns = columns or prediction_columns(pred)
+    preds = load_predictions(pred, columns)
+    pred_videos = set().union(*(set(v) for v in preds.values()))
+    by_index = _png_layout(pred)
+    truths = list(load_truth(gt, pred_videos, fps))
+    unmatched = sorted(pred_videos - {t.video for t in truths})
+    names = {c: COLUMN_NAMES.get(c, c) for c in columns}
+    jobs = [
+        (t, {names[c]: preds[c][t.video] for c in columns if t.video in preds[c]}) for t in truths
+    ]
+    if use_ray is None:
+        use_ray = len(jobs) > 32
+    if use_ray:
+        import ray
+
+        from factory.raycluster import init_ray
+
+        init_ray()
+        remote = ray.remote(num_cpus=1)(score_video)
+        results = ray.get([remote.remote(t, p, by_index, blur) for t, p in jobs])
+    else:
+        results = []
+        for i, (t, p) in enumerate(jobs):
+            results.append(score_video(t, p, by_index, blur))
+            if (i + 1) % 10 == 0:
+                log.info("evaluate: %d/%d videos", i + 1, len(jobs))
+    per_method: dict[str, dict[str, list]] = {}
+    for (t, _), res in zip(jobs, results, strict=True):
+        for method, rows in res.items():
+            per_method.setdefault(method, {})[t.video] = rows
+    order = [names[c] for c in columns if names[c] in per_method] + [CENTER_PRIOR]
+    methods = {m: M.aggregate(per_method[m]) for m in order if m in per_method}
+    return EvaluationReport(methods, len(truths), unmatched)
+
+
+def write_report(report: EvaluationReport, out: str) -> None:
+    storage.makedirs(out)
+    storage.write_json(storage.join(out, "report.json"), report.to_json())
+    storage.write_bytes_atomic(storage.join(out, "report.md"), (report.table() + "\n").encode())
+
+
+def figure(
+    pred: str, gt: str, out_png: str, clips: int = 3, frames: int = 4, corpus: str | None = None
+) -> None:
+    """Frames, ground truth and prediction side by side for a few clips."""
+    import io
+
+    from PIL import Image
+
+    from factory.preview import overlay
+
+    columns = ["map"]
+    preds = load_predictions(pred, columns)["map"]
+    truths = [t for t in load_truth(gt, set(preds)) if t.video in preds][:clips]
+    rows = []
+    for t in truths:
+        images = _frames_for(t, gt, corpus)
+        ptimes, pmaps = preds[t.video]
+        tiles = []
+        for k in np.linspace(0, len(ptimes) - 1, frames).round().astype(int):
+            j = int(np.argmin(np.abs(t.times - ptimes[k])))
+            base = (
+                images[j]
+                if images is not None and j < len(images)
+                else np.zeros((*t.maps.shape[1:], 3), np.uint8)
+            )
+            h, w = t.maps.shape[1:]
+            base = np.asarray(Image.fromarray(base).resize((w, h)))
+            pm = M.resize_to(pmaps[k], (h, w))
+            tiles.append(
+                np.concatenate(
+                    [base, overlay(base, t.maps[j]), overlay(base, np.clip(pm, 0, 1))], axis=0
+                )
+            )
+        rows.append(np.concatenate(tiles, axis=1))
+    if rows:
+        width = max(r.shape[1] for r in rows)
+        grid = np.concatenate(
+            [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0
+        )
+        buf = io.BytesIO()
+        Image.fromarray(grid).save(buf, format="PNG")
+        storage.write_bytes_atomic(out_png, buf.getvalue())
+
+
+def _frames_for(t: VideoTruth, gt: str, corpus: str | None) -> list[np.ndarray] | None:
+    from PIL import Image
+
+    if t.frames and all(os.path.exists(f) for f in t.frames[:1]):
+        return [np.asarray(Image.open(f).convert("RGB")) for f in t.frames]
+    if is_synthetic(gt):
+        import av
+
+        path = os.path.join(gt, "videos", f"{t.video}.mp4")
+        with av.open(path) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return None
+
+
+def dump(report: EvaluationReport) -> str:
+    return json.dumps(report.to_json(), indent=1)

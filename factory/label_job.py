@@ -1,0 +1,416 @@
+"""The label job: tagged video in, a sharded pseudo-fixation dataset out (Ray Data).
+
+Stages: clip listing (driver) -> decode (CPU tasks) -> SCAM+ labelling (an actor pool:
+one actor per GPU, or CPU actors) -> exactly-once writer (tasks). Memory stays bounded
+whatever the corpus size: Ray Data streams clips with backpressure, a clip is the unit
+from decode to write, and the driver holds only the listing and one summary row per
+clip. A run killed at any moment and started again with the same arguments labels
+only what is not committed (see :mod:`factory.store`); at the end it checks
+``inputs = labelled clips + rejects`` and fails loudly on a mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from factory import storage
+from factory.bundle import Bundle, load_bundle
+from factory.config import Preset
+from factory.corpus import ClipRecord, Listing, read_corpus
+from factory.decode import DecodedClip
+from factory.pipeline import OK, decode_batch, from_batch, model_row, to_batch, write_rows
+from factory.pool import PoolEntries, build_sketch
+from factory.rejects import ClipError
+from factory.store import ShardStore, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 10.0
+
+
+class AccountingError(RuntimeError):
+    pass
+
+
+@dataclass
+class LabelOptions:
+    corpus: str
+    bundle: str
+    out: str
+    split: str | None = None
+    ablation: bool = False
+    export_png: str | None = None
+    actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
+    batch_size: int = 1  # clips per labelling call
+    clips_per_shard: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    reject_silent: bool = False
+    tag_field: str = "tag"
+    address: str | None = None
+    decode_cpus: float = 0.5
+    actor_cpus: float = 1.0
+    gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
+    preview: bool = True
+
+
+@dataclass
+class LabelSummary:
+    out: str
+    inputs: int
+    labelled: int
+    rejected: int
+    frames: int
+    new_clips: int
+    seconds: float
+    frames_per_s: float
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- the actor
+
+
+class LabelActor:
+    """Ray Data actor: loads the bundle once, labels decoded clips."""
+
+    def __init__(
+        self,
+        bundle_uri: str,
+        pool: dict[str, Any],
+        device: str,
+        dtype: str,
+        ablation: bool,
+        reject_silent: bool,
+    ) -> None:
+        from factory.labeler import Labeler
+        from factory.pool import PoolSource
+
+        bundle = load_bundle(bundle_uri, verify=False)
+        self.labeler = Labeler(
+            bundle, PoolSource(pool), device=device, dtype=dtype, ablation=ablation
+        )
+        self.ablation = ablation
+        self.reject_silent = reject_silent
+
+    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+        from factory.dataset import labels_table, table_to_bytes
+
+        if not clip.has_audio and self.reject_silent:
+            raise ClipError(
+                "label",
+                "no audio stream",
+                "the run asks to reject clips without audio (--reject-silent); drop the flag to label it with S, ST, S+ and ST+",
+            )
+        labels = self.labeler.label(clip, list(record.tags))
+        table = labels_table(labels, storage.redact(record.uri), self.ablation)
+        return table_to_bytes(table), {**labels.counters, "has_audio": clip.has_audio}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return to_batch([model_row(r, self.process) for r in from_batch(batch)])
+
+
+def write_label_batch(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
+    """Ray Data function (tasks): commit a batch of labelled / rejected clips."""
+    import pyarrow as pa
+
+    from factory.dataset import table_from_bytes
+
+    def make_table(rows: list[dict[str, Any]]) -> pa.Table:
+        return pa.concat_tables([table_from_bytes(r["payload"]) for r in rows])
+
+    summary = write_rows(from_batch(batch), root, make_table)
+    return {
+        k: np.array([s[k] for s in summary])
+        for k in ("key", "status", "file", "n_frames", "info", "reason")
+    }
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
+    from factory.config import from_dict
+    from factory.decode import decode_clip
+    from factory.prepare import decoded_pool_entries
+
+    preset = from_dict(json.loads(preset_json))
+    try:
+        clip = decode_clip(
+            ClipRecord.from_row(json.loads(record_json)), preset.frames, preset.spectrogram
+        )
+    except ClipError:
+        return None
+    return decoded_pool_entries(clip, preset.windows.pool_groups, preset)
+
+
+def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any]:
+    """The cross-term pool: bottom-k clips per tag (see :mod:`factory.pool`), decoded by
+    Ray tasks, each tag's entries put in the object store once. Returns tag -> ObjectRef."""
+    import ray
+
+    w = preset.windows
+    sketch = build_sketch(records, w.pool_clips, w.seed)
+    by_key = {r.key: r for r in records}
+    wanted = sorted({k for tag in sketch.heaps for k in sketch.candidates(tag)})
+    task = ray.remote(num_cpus=0.5)(_decode_pool_clip)
+    preset_json = preset.to_json()
+    refs = {k: task.remote(json.dumps(by_key[k].to_row()), preset_json) for k in wanted}
+    decoded = dict(zip(refs, ray.get(list(refs.values())), strict=True))
+    pool = {}
+    for tag in sketch.heaps:
+        chosen = [decoded[k] for k in sketch.candidates(tag) if decoded.get(k) is not None][
+            : w.pool_clips
+        ]
+        pool[tag] = ray.put(PoolEntries.concat(chosen))
+    log.info(
+        "cross-term pool: %d tags, %d clips decoded",
+        len(pool),
+        sum(v is not None for v in decoded.values()),
+    )
+    return pool
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _listing(opts: LabelOptions, bundle: Bundle) -> Listing:
+    return read_corpus(opts.corpus, opts.split, opts.tag_field).restrict_to(bundle.vocabulary)
+
+
+def run_label(opts: LabelOptions) -> LabelSummary:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from factory.raycluster import cluster_cpus, cluster_gpus, init_ray
+
+    t_start = time.time()
+    init_ray(opts.address)
+    bundle = load_bundle(opts.bundle)
+    listing = _listing(opts, bundle)
+    store = ShardStore(opts.out)
+    storage.makedirs(opts.out)
+    committed = store.scan()
+    if committed.removed:
+        log.warning(
+            "removed %d overlapping or unreadable file(s) left by an interrupted run",
+            len(committed.removed),
+        )
+    pending_listing_rejects = [r for r in listing.rejects if r.input not in committed.keys]
+    if pending_listing_rejects:
+        store.write_rejects(pending_listing_rejects)
+    todo = [r for r in listing.records if r.key not in committed.keys]
+    log.info(
+        "label: %d inputs (%d clips, %d rejected at listing); %d already committed, %d to label",
+        listing.num_inputs,
+        len(listing.records),
+        len(listing.rejects),
+        len(listing.records) - len(todo),
+        len(todo),
+    )
+
+    new_frames = 0
+    counters: dict[str, int] = {}
+    label_s = 0.0
+    if todo:
+        gpus = cluster_gpus()
+        gpus_per_actor = (
+            opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+        )
+        actors = opts.actors or (
+            max(1, int(gpus // max(gpus_per_actor, 1e-9)))
+            if gpus_per_actor > 0
+            else max(1, int(cluster_cpus()) - 1)
+        )
+        pool = build_label_pool(listing.records, bundle.preset)
+        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(
+            decode_batch,
+            batch_size=1,
+            num_cpus=opts.decode_cpus,
+            fn_kwargs={"preset_json": bundle.preset.to_json()},
+        )
+        ds = ds.map_batches(
+            LabelActor,
+            batch_size=opts.batch_size,
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=opts.actor_cpus,
+            num_gpus=gpus_per_actor,
+            fn_constructor_kwargs={
+                "bundle_uri": opts.bundle,
+                "pool": pool,
+                "device": opts.device,
+                "dtype": opts.dtype,
+                "ablation": opts.ablation,
+                "reject_silent": opts.reject_silent,
+            },
+        )
+        ds = ds.map_batches(
+            write_label_batch,
+            batch_size=opts.clips_per_shard,
+            num_cpus=0.25,
+            fn_kwargs={"root": opts.out},
+        )
+        log.info(
+            "labelling %d clips with %d actor(s) (%s GPU each)", len(todo), actors, gpus_per_actor
+        )
+        t0 = time.time()
+        last = t0
+        done = rejected = 0
+        for row in ds.iter_rows():
+            done += 1
+            if row["status"] == OK:
+                new_frames += int(row["n_frames"])
+                for k, v in json.loads(row["info"]).items():
+                    if isinstance(v, int) and not isinstance(v, bool):
+                        counters[k] = counters.get(k, 0) + v
+            else:
+                rejected += 1
+                log.warning("reject %s: %s", row["key"], row["reason"])
+            if time.time() - last > PROGRESS_EVERY_S or done == len(todo):
+                el = time.time() - t0
+                log.info(
+                    "progress: %d/%d clips, %d frames, %.1f frames/s, %d rejected",
+                    done,
+                    len(todo),
+                    new_frames,
+                    new_frames / max(el, 1e-9),
+                    rejected,
+                )
+                last = time.time()
+        label_s = time.time() - t0
+
+    summary = finish(
+        opts, listing, store, bundle, new_frames, len(todo), label_s, counters, t_start
+    )
+    return summary
+
+
+def finish(
+    opts: LabelOptions,
+    listing: Listing,
+    store: ShardStore,
+    bundle: Bundle,
+    new_frames: int,
+    new_clips: int,
+    label_s: float,
+    counters: dict[str, int],
+    t_start: float,
+) -> LabelSummary:
+    """Accounting, manifest, rejects table, run record, preview, PNG export."""
+    committed = store.scan()
+    expected = {r.key for r in listing.records} | {j.input for j in listing.rejects}
+    labelled = {k for k in committed.shard_clips if k in expected}
+    rejected = {k for k in committed.reject_clips if k in expected}
+    missing = expected - labelled - rejected
+    both = labelled & rejected
+    log.info(
+        "accounting: inputs %d = labelled clips %d + rejects %d",
+        len(expected),
+        len(labelled),
+        len(rejected),
+    )
+    if missing or both or len(expected) != len(labelled) + len(rejected):
+        raise AccountingError(
+            f"accounting failed for {opts.out}: {len(expected)} inputs != {len(labelled)} labelled + {len(rejected)} rejects "
+            f"(missing: {sorted(missing)[:5]}, in both: {sorted(both)[:5]}); rerun the same command to finish"
+        )
+    shard_files = sorted({committed.shard_clips[k] for k in labelled})
+    manifest = {
+        "shards": [
+            {
+                "file": storage.join("shards", f.rsplit("/", 1)[-1]),
+                "rows": committed.shard_rows.get(f, 0),
+                "clips": sorted(c for c, g in committed.shard_clips.items() if g == f),
+            }
+            for f in shard_files
+        ],
+        "rows": sum(committed.shard_rows.get(f, 0) for f in shard_files),
+        "clips": len(labelled),
+        "rejects": len(rejected),
+    }
+    storage.write_json(storage.join(opts.out, "_manifest.json"), manifest)
+    rejects = store.all_rejects()
+    write_parquet_atomic(storage.join(opts.out, "rejects.parquet"), rejects)
+    reasons: dict[str, int] = {}
+    for stage, reason in zip(
+        rejects["stage"].to_pylist(), rejects["reason"].to_pylist(), strict=True
+    ):
+        key = f"{stage}: {reason.split(' (')[0][:60]}"
+        reasons[key] = reasons.get(key, 0) + 1
+    seconds = time.time() - t_start
+    summary = LabelSummary(
+        out=opts.out,
+        inputs=len(expected),
+        labelled=len(labelled),
+        rejected=len(rejected),
+        frames=manifest["rows"],
+        new_clips=new_clips,
+        seconds=round(seconds, 2),
+        frames_per_s=round(new_frames / label_s, 2) if label_s > 0 else 0.0,
+        reject_reasons=reasons,
+        counters=counters,
+    )
+    from factory.bundle import code_version
+
+    run_record = {
+        "job": "label",
+        "arguments": json.loads(storage.redact(json.dumps(dataclasses.asdict(opts), default=str))),
+        "code_version": code_version(),
+        "bundle": {
+            "uri": storage.redact(opts.bundle),
+            "fingerprint": bundle.fingerprint(),
+            "hashes": bundle.hashes,
+            "cgcn": dataclasses.asdict(bundle.cgcn),
+        },
+        "vocabulary": bundle.vocabulary,
+        "summary": summary.to_dict(),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    storage.write_json(storage.join(opts.out, "run.json"), run_record)
+    if opts.preview and labelled:
+        try:
+            from factory.preview import write_preview
+
+            write_preview(opts.out, listing, bundle.preset, storage.join(opts.out, "preview.png"))
+        except Exception as err:  # a preview is a convenience; it never fails the run
+            log.warning("preview not written: %s", err)
+    if opts.export_png:
+        n = export_pngs(opts.out, manifest, opts.export_png)
+        log.info("exported %d PNG maps under %s", n, opts.export_png)
+    return summary
+
+
+def export_pngs(root: str, manifest: dict, out_dir: str) -> int:
+    from factory.dataset import export_png
+    from factory.store import read_parquet
+
+    n = 0
+    for shard in manifest["shards"]:
+        n += export_png(
+            read_parquet(storage.join(root, shard["file"]), ["video_id", "frame_index", "map"]),
+            out_dir,
+        )
+    return n
+
+
+def read_dataset(root: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed rows of a dataset written by this job (via its manifest)."""
+    from factory.store import read_parquet
+
+    manifest = storage.read_json(storage.join(root, "_manifest.json"))
+    tables = [read_parquet(storage.join(root, s["file"]), columns) for s in manifest["shards"]]
+    return pa.concat_tables(tables) if tables else pa.table({})

@@ -1,0 +1,237 @@
+"""Ray Data stages shared by the label and predict jobs: decode (CPU tasks), a model
+stage (an actor pool: the model loads once per actor in ``__init__``, batches go
+through ``__call__``), and the exactly-once writer (see :mod:`factory.store`).
+
+Each row is one clip. Per-clip problems become reject rows that flow through the
+remaining stages untouched and are committed like labelled clips; nothing raises out
+of a stage for a bad input. The per-row logic is plain functions that tests call
+without Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from factory import storage
+from factory.config import FrameConfig, SpectrogramConfig
+from factory.corpus import ClipRecord
+from factory.decode import DecodedClip, decode_clip
+from factory.rejects import ClipError, Reject
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+REJECT = "reject"
+ROW_COLUMNS = (
+    "key",
+    "record",
+    "status",
+    "payload",
+    "stage",
+    "reason",
+    "remedy",
+    "n_frames",
+    "info",
+)
+
+
+def serialize_clip(clip: DecodedClip) -> bytes:
+    buf = io.BytesIO()
+    arrays = {
+        "frames": clip.frames,
+        "times": clip.times,
+        "meta": np.array([clip.audio_t0, clip.duration_s, *clip.source_size], dtype=np.float64),
+    }
+    if clip.audio is not None:
+        arrays["audio"] = clip.audio
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def deserialize_clip(key: str, data: bytes) -> DecodedClip:
+    with np.load(io.BytesIO(data)) as z:
+        meta = z["meta"]
+        return DecodedClip(
+            key,
+            z["frames"],
+            z["times"],
+            z["audio"] if "audio" in z.files else None,
+            float(meta[0]),
+            float(meta[1]),
+            (int(meta[2]), int(meta[3])),
+        )
+
+
+def empty_row(key: str, record: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "record": record,
+        "status": OK,
+        "payload": b"",
+        "stage": "",
+        "reason": "",
+        "remedy": "",
+        "n_frames": 0,
+        "info": "{}",
+    }
+
+
+def reject_row(row: dict[str, Any], err: ClipError) -> dict[str, Any]:
+    return {
+        **row,
+        "status": REJECT,
+        "payload": b"",
+        "stage": err.stage,
+        "reason": err.reason,
+        "remedy": err.remedy,
+    }
+
+
+def to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    out = {}
+    for c in ROW_COLUMNS:
+        values = [r[c] for r in rows]
+        out[c] = np.array(values, dtype=object) if c in ("payload",) else np.array(values)
+    return out
+
+
+def from_batch(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    n = len(batch["key"])
+    return [
+        {
+            c: (
+                batch[c][i].item()
+                if hasattr(batch[c][i], "item") and c != "payload"
+                else batch[c][i]
+            )
+            for c in ROW_COLUMNS
+            if c in batch
+        }
+        for i in range(n)
+    ]
+
+
+def decode_row(
+    row: dict[str, Any],
+    frames_cfg: FrameConfig,
+    spec_cfg: SpectrogramConfig,
+    need_audio: bool = True,
+) -> dict[str, Any]:
+    """Decode one clip row into a payload, or a reject row."""
+    record = ClipRecord.from_row(json.loads(row["record"]))
+    out = empty_row(row["key"], row["record"])
+    try:
+        clip = decode_clip(record, frames_cfg, spec_cfg, need_audio)
+        out.update(payload=serialize_clip(clip), n_frames=len(clip.times))
+    except ClipError as err:
+        out = reject_row(out, err)
+    except Exception as err:  # an unforeseen failure is still one clip's reject, not the job's end
+        out = reject_row(
+            out,
+            ClipError(
+                "decode",
+                f"unexpected {type(err).__name__}: {storage.redact(str(err))}",
+                "report this with the file attached",
+            ),
+        )
+    return out
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], preset_json: str, need_audio: bool = True
+) -> dict[str, np.ndarray]:
+    """Ray Data function (CPU tasks): clip rows in, decoded payloads or rejects out."""
+    from factory.config import from_dict
+
+    preset = from_dict(json.loads(preset_json))
+    return to_batch(
+        [decode_row(r, preset.frames, preset.spectrogram, need_audio) for r in from_batch(batch)]
+    )
+
+
+def model_row(
+    row: dict[str, Any], process: Callable[[DecodedClip, ClipRecord], tuple[bytes, dict]]
+) -> dict[str, Any]:
+    """Run a model stage on one decoded row: ``process`` returns (payload, info)."""
+    if row["status"] != OK:
+        return row
+    record = ClipRecord.from_row(json.loads(row["record"]))
+    t0 = time.perf_counter()
+    try:
+        clip = deserialize_clip(row["key"], row["payload"])
+        payload, info = process(clip, record)
+        info["seconds"] = time.perf_counter() - t0
+        return {**row, "payload": payload, "info": json.dumps(info)}
+    except ClipError as err:
+        return reject_row(row, err)
+    except Exception as err:
+        log.error("clip %s failed in the model stage:\n%s", row["key"], traceback.format_exc())
+        return reject_row(
+            row,
+            ClipError(
+                "label",
+                f"unexpected {type(err).__name__}: {storage.redact(str(err))}",
+                "report this with the clip attached",
+            ),
+        )
+
+
+def write_rows(
+    rows: list[dict[str, Any]], root: str, make_table: Callable[[list[dict[str, Any]]], Any]
+) -> list[dict[str, Any]]:
+    """Commit a batch: labelled clips into one shard file, rejects into one rejects file.
+    Returns one summary row per clip (key, status, file, n_frames, info, reason)."""
+    from factory.store import ShardStore
+
+    store = ShardStore(root)
+    done = [r for r in rows if r["status"] == OK]
+    bad = [r for r in rows if r["status"] != OK]
+    summary = []
+    if done:
+        uri = store.write_shard(make_table(done), [r["key"] for r in done])
+        summary += [
+            {
+                "key": r["key"],
+                "status": OK,
+                "file": uri,
+                "n_frames": r["n_frames"],
+                "info": r["info"],
+                "reason": "",
+            }
+            for r in done
+        ]
+    if bad:
+        rejects = []
+        for r in bad:
+            rec = json.loads(r["record"])
+            rejects.append(
+                Reject(
+                    r["key"],
+                    r["stage"],
+                    r["reason"],
+                    r["remedy"],
+                    storage.redact(rec.get("uri", "")),
+                    rec.get("split"),
+                )
+            )
+        uri = store.write_rejects(rejects)
+        summary += [
+            {
+                "key": r["key"],
+                "status": REJECT,
+                "file": uri,
+                "n_frames": 0,
+                "info": "{}",
+                "reason": f"{r['stage']}: {r['reason']}",
+            }
+            for r in bad
+        ]
+    return summary

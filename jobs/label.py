@@ -1,0 +1,160 @@
+"""Label tagged video with SCAM+ pseudo-fixation maps: the factory's main job.
+
+    python jobs/label.py [--corpus SRC] [--bundle BUNDLE] [--out DST] [--split S] [--ablation] [--export-png DIR]
+    ray job submit --working-dir . -- python jobs/label.py --corpus SRC --bundle BUNDLE --out DST
+
+With no arguments it runs the embedded default: a synthetic tagged world is generated,
+a tiny bundle is fitted (once, then cached), a held-out synthetic corpus is labelled and
+the maps are scored against its ground truth next to the centre prior (all under
+runs/demo/).
+
+SRC is an AVE folder, a manifest (.csv/.jsonl/.parquet) or tar shards, local or s3://;
+BUNDLE comes from jobs/train.py (with the settings of jobs/tune.py when it ran); DST is
+a folder or s3:// prefix: Parquet shards, _manifest.json, rejects.parquet, run.json and
+preview.png. Rerunning the same command after an interruption finishes the dataset
+without losing or duplicating a clip.
+"""
+
+import argparse
+import json
+import os
+
+import _bootstrap
+
+_bootstrap.setup_logging()
+
+from factory.label_job import LabelOptions, run_label  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptions | None]:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--corpus", help="tagged corpus to label (AVE folder, manifest, tar shards; local or s3://)"
+    )
+    p.add_argument("--bundle", help="model bundle from jobs/train.py (local or s3://)")
+    p.add_argument("--out", help="output dataset root (local or s3://)")
+    p.add_argument("--split", default=None, help="label only this split of the corpus")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also write the intermediate maps (single-source CAM, AC, coarse and fine SCAM)",
+    )
+    p.add_argument(
+        "--export-png",
+        default=None,
+        metavar="DIR",
+        help="also write per-frame PNG maps as DIR/<video>/maps/eyeMap_%%05d.png",
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="labelling actors (default: one per GPU, else CPUs - 1)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="clips per labelling call")
+    p.add_argument("--clips-per-shard", type=int, default=16, help="clips per output Parquet shard")
+    p.add_argument(
+        "--device", default="auto", help="torch device of the actors (auto: cuda if present)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="compute dtype (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--reject-silent",
+        action="store_true",
+        help="reject clips without an audio stream instead of labelling them with S, ST, S+ and ST+",
+    )
+    p.add_argument("--tag-field", default="tag", help="tag field of tar shards' JSON")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+    )
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    a = p.parse_args(argv)
+    if a.corpus is None and a.bundle is None and a.out is None:
+        return a, None
+    missing = [name for name in ("corpus", "bundle", "out") if getattr(a, name) is None]
+    if missing:
+        p.error(
+            f"give --corpus, --bundle and --out together (missing: {', '.join('--' + m for m in missing)}), or none of them for the embedded default"
+        )
+    return a, LabelOptions(
+        corpus=a.corpus,
+        bundle=a.bundle,
+        out=a.out,
+        split=a.split,
+        ablation=a.ablation,
+        export_png=a.export_png,
+        actors=a.actors,
+        batch_size=a.batch_size,
+        clips_per_shard=a.clips_per_shard,
+        device=a.device,
+        dtype=a.dtype,
+        reject_silent=a.reject_silent,
+        tag_field=a.tag_field,
+        address=a.address,
+        preview=not a.no_preview,
+    )
+
+
+def print_summary(summary) -> None:  # noqa: ANN001
+    print(
+        f"\ndataset:  {summary.out}  ({summary.labelled} clips, {summary.frames} frames labelled; {summary.rejected} rejected)"
+    )
+    print(
+        f"accounting: inputs {summary.inputs} = labelled clips {summary.labelled} + rejects {summary.rejected}"
+    )
+    for reason, n in summary.reject_reasons.items():
+        print(f"  reject x{n}: {reason}")
+    print(
+        f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total"
+    )
+    print(
+        f"files:    {os.path.join(summary.out, 'run.json')}, rejects.parquet, _manifest.json, preview.png"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, opts = parse(argv)
+    if opts is not None:
+        print_summary(run_label(opts))
+        return
+    from factory.demo import ensure_bundle, prepare_corpora
+    from factory.evaluate import evaluate, figure, write_report
+
+    paths = prepare_corpora()
+    from factory.raycluster import init_ray
+
+    init_ray(args.address)
+    ensure_bundle(paths)
+    opts = LabelOptions(
+        corpus=paths["heldout_manifest"],
+        bundle=paths["bundle"],
+        out=paths["out"],
+        ablation=True,
+        export_png=args.export_png,
+        address=args.address,
+    )
+    summary = run_label(opts)
+    print_summary(summary)
+    report = evaluate(paths["out"], paths["heldout_corpus"])
+    write_report(report, paths["report"])
+    figure(paths["out"], paths["heldout_corpus"], os.path.join(paths["report"], "figure.png"))
+    print(
+        "\nPseudo-fixations vs the synthetic ground truth (held-out clips, per frame -> per video -> mean):"
+    )
+    print(report.table())
+    print(
+        f"\npreview: {os.path.join(paths['out'], 'preview.png')}\nreport:  {os.path.join(paths['report'], 'report.md')} (+ report.json, figure.png)"
+    )
+    print(json.dumps({"dataset": paths["out"], "bundle": paths["bundle"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Fit every classification net the labeler needs, on a Ray cluster, into a model bundle.
+
+    python jobs/train.py --corpus SRC [--split train] --out BUNDLE [--preset tiny|paper]
+
+SRC is an AVE folder, a manifest (.csv/.jsonl/.parquet) or tar shards, local or s3://.
+The six nets S, ST, SA, S+, ST+, SA+ and the audio switch train concurrently (one
+TorchTrainer each), then the fine-stage S, ST, SA on the coarse nets' crops. Rerunning
+the same command resumes an interrupted run, and returns at once for a finished one.
+"""
+
+import argparse
+import json
+
+import _bootstrap
+
+_bootstrap.setup_logging()
+
+from factory.train_job import TrainOptions, run_train, summary_table  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> TrainOptions:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="tagged corpus: AVE folder, manifest file or tar shards (local or s3://)",
+    )
+    p.add_argument("--out", required=True, help="model bundle directory or s3:// prefix")
+    p.add_argument("--split", default=None, help="train on this split only (e.g. train)")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "paper"],
+        help="tiny: small encoders for CPU; paper: the paper code's encoders (needs weight files)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per net (default: the preset's)"
+    )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="epochs of encoder fitting on the corpus (0 = none; default: the preset's)",
+    )
+    p.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="fine-tune the shared encoders on the corpus before fitting the nets",
+    )
+    p.add_argument("--workers-per-net", type=int, default=1, help="data-parallel workers per net")
+    p.add_argument(
+        "--gpus-per-net", type=float, default=0.0, help="GPUs per net (split over its workers)"
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs per training worker (default: what lets every net of a phase run at once)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="nets trained at the same time (default: what the cluster fits)",
+    )
+    p.add_argument(
+        "--storage-path", default=None, help="checkpoints and caches (default: <out>/_run)"
+    )
+    p.add_argument(
+        "--audio-tagger",
+        default=None,
+        help="TorchScript audio classifier (log spectrogram -> logits) to label the audio switch instead of the built-in tagger",
+    )
+    p.add_argument(
+        "--audio-tagger-classes",
+        default=None,
+        help="JSON mapping the tagger's class indices to corpus tags",
+    )
+    p.add_argument("--tag-field", default="tag", help="tag field of tar shards' JSON")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training knob, e.g. --set batch_size=16 --set weight_decay=1e-4",
+    )
+    a = p.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        overrides[key] = (
+            json.loads(value)
+            if value[:1] in "[{0123456789-" or value in ("true", "false")
+            else value
+        )
+    return TrainOptions(
+        corpus=a.corpus,
+        out=a.out,
+        split=a.split,
+        preset=a.preset,
+        epochs=a.epochs,
+        pretrain_epochs=a.pretrain_epochs,
+        fine_tune=a.fine_tune,
+        workers_per_net=a.workers_per_net,
+        gpus_per_net=a.gpus_per_net,
+        cpus_per_worker=a.cpus_per_worker,
+        max_concurrent=a.max_concurrent,
+        storage_path=a.storage_path,
+        audio_tagger=a.audio_tagger,
+        audio_tagger_classes=a.audio_tagger_classes,
+        tag_field=a.tag_field,
+        address=a.address,
+        overrides=overrides,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    result = run_train(parse(argv))
+    print(
+        f"\nbundle: {result['bundle']}"
+        + (" (already trained; nothing to do)" if result["skipped"] else "")
+    )
+    print(summary_table(result["metrics"]))
+
+
+if __name__ == "__main__":
+    main()
