@@ -102,6 +102,7 @@ class TrainConfig:
     pretrain_epochs: int = 0
     pretrain_lr: float = 3e-3
     eval_targets_per_clip: int = 8  # held-out frames scored per clip each epoch
+    grad_clip: float = 0.0  # max gradient norm (0 = off, the paper's recipe)
 
     def lr_for(self, net: str) -> float:
         return self.lr.get(net.split("@")[0], self.lr.get(net, 1e-4))
@@ -173,14 +174,15 @@ def preset(name: str) -> Preset:
                     "S": 3e-3,
                     "ST": 3e-3,
                     "SA": 3e-3,
-                    "S+": 3e-3,
-                    "ST+": 3e-3,
-                    "SA+": 3e-3,
+                    "S+": 1e-2,
+                    "ST+": 1e-2,
+                    "SA+": 1e-2,
                     "switch": 3e-3,
                     "audio": 3e-3,
                 },
                 student_lr=1e-2,
                 pretrain_epochs=12,
+                grad_clip=1.0,  # the + nets' C-GCN diverged now and then at these rates without it
             ),
             label=LabelConfig(),
             cgcn=CGCNConfig(),

@@ -70,7 +70,7 @@ def to_uint8(maps: np.ndarray) -> np.ndarray:
 
 def map_array(maps: np.ndarray) -> pa.Array:
     """(T, H, W) float in [0, 1] -> nested fixed-size-list uint8 array of T maps."""
-    t, h, w = maps.shape
+    _t, h, w = maps.shape
     flat = pa.array(to_uint8(maps).reshape(-1), type=pa.uint8())
     return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, w), h)
 

@@ -229,6 +229,12 @@ def decode_clip(
                     f"sides must be within {MIN_SIDE}..{MAX_SIDE} pixels; re-encode the video",
                 )
             duration = _container_duration(container, vstream)
+            if duration <= 0:
+                raise ClipError(
+                    "decode",
+                    "zero frames: the video stream is empty",
+                    "re-encode or re-download the file",
+                )
             start = record.start_s or 0.0
             end = record.end_s if record.end_s is not None else duration
             if not math.isfinite(end):

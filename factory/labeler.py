@@ -51,8 +51,8 @@ PLUS_PAIRS = (
     ("SA+", "long"),
     ("SA+", "cross"),
 )
-SOURCES = ("S", "ST", "SA") + tuple(f"{net}{term}" for net, term in PLUS_PAIRS)
-ABLATION_MAPS = ("cam_s", "ac", "scam_coarse", "scam_fine")
+SOURCES = ("S", "ST", "SA", *tuple(f"{net}{term}" for net, term in PLUS_PAIRS))
+ABLATION_MAPS = ("cam_s", "cam_st", "cam_sa", "ac", "scam_coarse", "scam_fine")
 
 
 @dataclass
@@ -298,6 +298,8 @@ class Labeler:
             counters["frames_without_source"] += int((selected.sum(1) == 0).sum())
             if self.ablation:
                 ablation["cam_s"].append(cams_c[:, 0])
+                ablation["cam_st"].append(cams_c[:, 1])
+                ablation["cam_sa"].append(cams_c[:, 2])
                 ablation["ac"].append(eq.average_cam(cams_c[:, : 3 if has_audio else 2]))
                 ablation["scam_coarse"].append(scam_coarse)
                 ablation["scam_fine"].append(eq.scam(cams_f_t, confs_f_t, idx))

@@ -12,6 +12,9 @@ The world, chosen so that each part of the method has something to do:
 - some clips carry the sound of another tag (the audio switch's case), some have a
   static event object (no temporal cue), some are silent (a quiet noise track), and
   optionally some have no audio stream at all or two tags with two event objects;
+- some clips hold a *decoy*: a motionless, silent copy of the event object. Observers
+  look at the moving, sounding one; a single spatial source cannot tell them apart,
+  the temporal source can (the case multi-source fusion is for);
 - ground truth: observers look at the event object(s): per frame a continuous map (a
   Gaussian on each event object) and fixation points sampled from it.
 
@@ -72,6 +75,7 @@ class SyntheticConfig:
     mismatched_audio: float = 0.15  # fraction of clips with another tag's sound
     static_event: float = 0.15  # fraction with a motionless event object
     silent: float = 0.1  # fraction with a near-silent track
+    decoys: float = 0.35  # fraction with a silent, motionless copy of the event object
     no_audio_stream: int = 0  # clips written without any audio stream
     multi_tag_clips: int = 0  # extra clips with two tags and two event objects
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test
@@ -249,7 +253,6 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
             return meta
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     os.makedirs(os.path.join(root, "ground_truth"), exist_ok=True)
-    rng = np.random.default_rng(cfg.seed)
     n_frames = round(cfg.seconds * cfg.fps)
     size = cfg.size
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -315,6 +318,14 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
             crng.uniform(-1, 1) * size / 60,
         )
         repeated_color = np.array([210, 190, 150]) + crng.uniform(-20, 20, 3)
+        decoy = None
+        if kind in ("normal", "mismatched_audio", "silent") and crng.random() < cfg.decoys:
+            # opposite the event object's start, inside the frame
+            dy, dx = size - objects[0].start[0], size - objects[0].start[1]
+            decoy = (
+                float(np.clip(dy, radius + 2, size - radius - 2)),
+                float(np.clip(dx, radius + 2, size - radius - 2)),
+            )
         repeated_at = [(crng.uniform(10, size - 10), crng.uniform(10, size - 10)) for _ in range(3)]
         frames, maps, fixations = [], [], []
         for f in range(n_frames):
@@ -330,6 +341,16 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
             )  # drifting distractor
             for ry, rx in repeated_at:  # the same small object at several places
                 img[_shape_mask("square", yy, xx, ry, rx, size * 0.05)] = repeated_color
+            if decoy is not None:
+                _draw_event(
+                    img,
+                    EventObject(objects[0].tag, radius, decoy, (0.0, 0.0), True),
+                    decoy[0],
+                    decoy[1],
+                    cfg.num_tags,
+                    yy,
+                    xx,
+                )
             centers = []
             for obj in objects:
                 cy, cx = _event_position(obj, f, size)
@@ -370,6 +391,7 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
                 "start_s": 0.0,
                 "end_s": float(cfg.seconds),
                 "kind": kind,
+                "decoy": decoy is not None,
             }
         )
     with open(os.path.join(root, "manifest.csv"), "w", newline="") as f:

@@ -249,6 +249,8 @@ def train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         optimizer.step()
         total += float(loss.detach()) * len(labels)
         count += len(labels)

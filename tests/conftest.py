@@ -1,0 +1,113 @@
+"""Shared fixtures: real video files written with PyAV, broken copies of them, a local
+S3-compatible server (moto), and one Ray instance per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Tests never touch a real cloud: a fixed dummy identity for the local S3 server.
+S3_KEY_ID = "testing-key-id"
+S3_SECRET = "testing-secret-value-0123456789"
+
+from factory.synthetic import SyntheticConfig, generate  # noqa: E402
+
+TINY_WORLD = SyntheticConfig(
+    num_tags=3, clips_per_tag=2, seconds=2.0, seed=5, multi_tag_clips=1, no_audio_stream=1
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A few real synthetic clips (H.264 + AAC) with ground truth."""
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    meta = generate(str(root), TINY_WORLD)
+    return str(root), meta
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1, started for real; yields the endpoint.
+    Credentials and the endpoint go through the standard AWS environment variables."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    env = {
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"endpoint": endpoint, "port": port, "proc": proc, "env": env}
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    import boto3
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    client = boto3.client("s3", endpoint_url=s3_server["endpoint"])
+    client.create_bucket(Bucket=name)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return f"s3://{name}"
+
+
+def copy_tree_to_s3(local: str, uri: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.put(local.rstrip("/") + "/", uri.removeprefix("s3://").rstrip("/") + "/", recursive=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the tests that need it (2 CPUs)."""
+    import ray
+
+    from factory.raycluster import init_ray
+
+    if not ray.is_initialized():
+        init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def truncated_copy(src: str, dst: str, fraction: float = 0.3) -> str:
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.truncate(int(os.path.getsize(src) * fraction))
+    return dst

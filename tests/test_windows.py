@@ -1,0 +1,203 @@
+"""Multigranularity windows, the per-tag pool, input gathering, the synthetic world."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from factory.corpus import ClipRecord
+from factory.inputs import WindowSettings, gather_inputs, graph_nodes
+from factory.pool import PoolEntries, build_sketch, cross_term, group_centres
+from factory.synthetic import SyntheticConfig, generate, load_ground_truth
+from factory.windows import long_term, short_term, stable_hash, target_frames, triplet, window_rng
+from models.registry import NETS
+
+
+class TestWindows:
+    def test_triplet_clamps_at_edges(self):
+        assert triplet(0, 10).tolist() == [0, 0, 1]
+        assert triplet(9, 10).tolist() == [8, 9, 9]
+
+    def test_short_term_single_frames_and_groups(self):
+        assert short_term(10, 30, 2, groups=False).tolist() == [9, 11]
+        # groups of 3 centred at t-3 and t+3 cover t-4..t+4 exactly
+        assert short_term(10, 30, 2, groups=True).tolist() == [7, 13]
+        assert short_term(10, 30, 4, groups=False).tolist() == [9, 11, 8, 12]
+
+    @pytest.mark.parametrize("groups", [False, True])
+    def test_long_term_outside_short_span(self, groups):
+        rng = window_rng(0, "clip", 12, "long")
+        centres, fell_back = long_term(12, 40, 2, groups, rng)
+        margin = 5 if not groups else 6  # whole groups outside t-4..t+4
+        assert not fell_back and all(abs(c - 12) >= margin for c in centres)
+        if groups:
+            assert all(1 <= c <= 38 for c in centres)
+
+    def test_long_term_fallback_on_short_clip(self):
+        centres, fell_back = long_term(2, 5, 2, False, window_rng(0, "c", 2, "long"))
+        assert fell_back and len(centres) == 2
+
+    def test_seeded_and_order_independent(self):
+        """The same seed gives the same windows whatever the order or worker."""
+        a = [
+            long_term(t, 50, 2, False, window_rng(7, "clip-x", t, "long"))[0].tolist()
+            for t in range(50)
+        ]
+        b = [
+            long_term(t, 50, 2, False, window_rng(7, "clip-x", t, "long"))[0].tolist()
+            for t in reversed(range(50))
+        ][::-1]
+        assert a == b
+        c = [
+            long_term(t, 50, 2, False, window_rng(8, "clip-x", t, "long"))[0].tolist()
+            for t in range(50)
+        ]
+        assert a != c
+        assert stable_hash("abc") == stable_hash("abc") != stable_hash("abd")
+
+    def test_training_targets(self):
+        t1 = target_frames("k", 30, 8, 0, epoch=1)
+        assert len(set(t1.tolist())) == 8 and (t1 == target_frames("k", 30, 8, 0, epoch=1)).all()
+        assert not (t1 == target_frames("k", 30, 8, 0, epoch=2)).all()
+        assert target_frames("k", 5, 8, 0, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+def records(n_per_tag, tags=("A", "B")):
+    return [
+        ClipRecord(f"{t}{i:03d}", f"/x/{t}{i}.mp4", (t,)) for t in tags for i in range(n_per_tag)
+    ]
+
+
+class TestPool:
+    def test_bottom_k_is_order_and_partition_independent(self):
+        recs = records(50)
+        whole = build_sketch(recs, 4, seed=3)
+        shuffled = build_sketch(
+            [recs[i] for i in np.random.default_rng(0).permutation(len(recs))], 4, seed=3
+        )
+        # two workers, each seeing half, merged
+        merged = build_sketch(recs[::2], 4, 3).merge(build_sketch(recs[1::2], 4, 3))
+        for tag in ("A", "B"):
+            assert whole.candidates(tag) == shuffled.candidates(tag) == merged.candidates(tag)
+            assert len(whole.candidates(tag)) <= 4 + 2  # bounded memory: k plus spares
+        assert whole.candidates("A") != build_sketch(recs, 4, seed=4).candidates("A")
+
+    def test_cross_term_excludes_the_target_clip(self):
+        pool = PoolEntries(["a", "a", "b", "c"], {"x": np.arange(4)})
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            picks = cross_term(pool, "a", 2, rng)
+            assert picks is not None and all(pool.keys[i] != "a" for i in picks)
+        assert cross_term(PoolEntries(["a"], {"x": np.arange(1)}), "a", 2, rng) is None
+        assert cross_term(None, "a", 2, rng) is None
+
+    def test_group_centres(self):
+        assert group_centres(24, 2).tolist() == [8, 15]
+        assert all(1 <= c <= 22 for c in group_centres(24, 5))
+
+
+class TestGather:
+    def feats(self, t=20):
+        g = torch.Generator().manual_seed(0)
+        return {
+            "F4": torch.randn(t, 6, 4, 4, generator=g),
+            "F5": torch.randn(t, 8, 4, 4, generator=g),
+            "plus": torch.arange(t, dtype=torch.float32)
+            .view(t, 1, 1, 1)
+            .expand(t, 5, 4, 4)
+            .clone(),
+            "audio": torch.randn(t, 7, generator=g),
+            "gate": torch.ones(t),
+        }
+
+    def test_single_frame_nets(self):
+        f = self.feats()
+        inputs, valid = gather_inputs(NETS["ST"].spec, f, np.array([0, 5]))
+        assert inputs["image"].shape == (2, 3, 8, 4, 4) and valid.all()
+        assert torch.equal(inputs["image"][1], f["F5"][[4, 5, 6]])
+        inputs, _ = gather_inputs(NETS["SA"].spec, f, np.array([3]))
+        assert set(inputs) == {"image", "audio", "gate"} and torch.equal(
+            inputs["audio"][0], f["audio"][3]
+        )
+
+    def test_plus_net_terms(self):
+        f = self.feats()
+        s = WindowSettings(nodes=2)
+        inputs, _ = gather_inputs(
+            NETS["ST+"].spec, f, np.array([10]), term="short", key="k", settings=s
+        )
+        # node frames: target group 9-11, then groups centred at 7 and 13
+        assert inputs["image"][0, :, :, 0, 0, 0].tolist() == [[9, 10, 11], [6, 7, 8], [12, 13, 14]]
+        pool = PoolEntries(
+            ["other", "other"],
+            {
+                "plus": np.full((2, 3, 5, 4, 4), 100.0, np.float32),
+                "audio": np.zeros((2, 7), np.float32),
+                "gate": np.ones(2, np.float32),
+            },
+        )
+        inputs, valid = gather_inputs(
+            NETS["SA+"].spec, f, np.array([3, 4]), term="cross", key="k", settings=s, pool=pool
+        )
+        assert valid.all() and inputs["image"].shape == (2, 3, 1, 5, 4, 4)
+        assert (inputs["image"][:, 1:] == 100).all() and inputs["image"][0, 0, 0, 0, 0, 0] == 3
+        _, valid = gather_inputs(
+            NETS["S+"].spec, f, np.array([3]), term="cross", key="other", settings=s, pool=pool
+        )
+        assert not valid.any()  # the pool holds only the target's own clip
+        centres, _, _ = graph_nodes(NETS["S+"].spec, "k", 20, 10, "long", s, None)
+        assert centres[0] == 10 and all(abs(c - 10) >= 5 for c in centres[1:])
+
+
+class TestSyntheticWorld:
+    def test_deterministic_and_complete(self, tmp_path):
+        cfg = SyntheticConfig(
+            num_tags=2, clips_per_tag=2, seconds=1.0, seed=11, no_audio_stream=1, multi_tag_clips=1
+        )
+        m1 = generate(str(tmp_path / "a"), cfg)
+        m2 = generate(str(tmp_path / "b"), cfg)
+        assert [c["video_id"] for c in m1["clips"]] == [c["video_id"] for c in m2["clips"]]
+        for c in m1["clips"]:
+            g1 = load_ground_truth(str(tmp_path / "a"), c["video_id"])
+            g2 = load_ground_truth(str(tmp_path / "b"), c["video_id"])
+            assert np.array_equal(g1["maps"], g2["maps"]) and np.array_equal(
+                g1["fixations"], g2["fixations"]
+            )
+        kinds = {c["kind"] for c in m1["clips"]}
+        assert {"no_audio_stream", "multi_tag"} <= kinds
+        multi = next(c for c in m1["clips"] if c["kind"] == "multi_tag")
+        assert len(multi["tag"].split("|")) == 2
+        with open(tmp_path / "a" / "manifest.csv") as f:
+            assert f.readline().startswith("video,tag,video_id,split,start_s,end_s")
+        meta = json.loads((tmp_path / "a" / "synthetic.json").read_text())
+        assert meta["config"]["seed"] == 11
+
+    def test_ground_truth_sits_on_the_event_object(self, tiny_corpus):
+        from factory.config import preset
+        from factory.corpus import read_corpus
+        from factory.decode import decode_clip
+        from factory.synthetic import tag_color
+
+        root, meta = tiny_corpus
+        p = preset("tiny")
+        clip = next(c for c in meta["clips"] if c["kind"] == "normal")
+        rec = next(
+            r
+            for r in read_corpus(os.path.join(root, "manifest.csv")).records
+            if r.key == clip["video_id"]
+        )
+        frames = decode_clip(rec, p.frames, p.spectrogram).frames
+        gt = load_ground_truth(root, clip["video_id"])
+        tag = meta["tags"].index(clip["tag"])
+        color = tag_color(tag, len(meta["tags"]))
+        for k in (0, len(frames) // 2):
+            y, x = np.unravel_index(gt["maps"][k].argmax(), gt["maps"][k].shape)
+            patch = (
+                frames[k, max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].reshape(-1, 3).astype(float)
+            )
+            # the event object is striped: its colour or its darker stripe
+            dist = np.minimum(np.abs(patch - color).sum(1), np.abs(patch - color * 0.45).sum(1))
+            assert dist.min() < 60
+            assert gt["fixations"][k].sum() > 0
