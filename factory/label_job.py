@@ -269,9 +269,8 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         )
         t0 = time.time()
         last = t0
-        done = rejected = 0
-        for row in ds.iter_rows():
-            done += 1
+        rejected = 0
+        for done, row in enumerate(ds.iter_rows(), start=1):
             if row["status"] == OK:
                 new_frames += int(row["n_frames"])
                 for k, v in json.loads(row["info"]).items():

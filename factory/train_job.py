@@ -336,7 +336,7 @@ def build_cache(
         CacheActor,
         batch_size=1,
         compute=ActorPoolStrategy(size=actors),
-        num_cpus=1.0 if gpus < 1 else 1.0,
+        num_cpus=1.0,
         num_gpus=1.0 if gpus >= 1 else 0.0,
         fn_constructor_kwargs={
             "mode": mode,

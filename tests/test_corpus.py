@@ -4,6 +4,8 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,7 +68,7 @@ class TestAVE:
 
 
 class TestManifest:
-    ROWS = [
+    ROWS: ClassVar[list[dict]] = [
         {
             "video": "a.mp4",
             "tag": "Flute",
@@ -176,10 +178,7 @@ class TestTarShards:
 
         root, meta = tiny_corpus
         clips = meta["clips"][:3]
-        items = [
-            (c["video_id"], open(os.path.join(root, c["video"]), "rb").read(), c["tag"])
-            for c in clips
-        ]
+        items = [(c["video_id"], Path(root, c["video"]).read_bytes(), c["tag"]) for c in clips]
         items.append(("orphan", b"not a video", None))  # a video without metadata
         make_shard(tmp_path / "shard-000.tar", items[:2])
         make_shard(tmp_path / "shard-001.tar", items[2:])
@@ -196,7 +195,7 @@ class TestTarShards:
         c = meta["clips"][0]
         make_shard(
             tmp_path / "part-a.tar",
-            [(c["video_id"], open(os.path.join(root, c["video"]), "rb").read(), c["tag"])],
+            [(c["video_id"], Path(root, c["video"]).read_bytes(), c["tag"])],
             tag_field="label",
         )
         listing = read_tar_shards(str(tmp_path / "part-*.tar"), tag_field="label")
