@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from factory import storage
-from factory.bundle import Bundle, base_name, build_nets
+from factory.bundle import Bundle, build_nets
 from factory.config import Preset, from_dict
 from factory.config import preset as get_preset
 from factory.corpus import ClipRecord, Listing, read_corpus
@@ -67,7 +67,6 @@ SHUFFLE_CLIPS = 16  # local shuffle buffer of the trainers' data iterators
 DATA_TASK_CPUS = 0.05  # read tasks of the trainers' datasets: tiny, so trainers never starve them
 TRIAL_DRIVER_CPUS = 0.001  # a Tune trial here only launches a TorchTrainer and waits
 DATA_RESERVE_CPUS = 1.0  # kept free for the trainers' Ray Data tasks
-WORKER_CACHE_MB = 512  # a trainer keeps its shard in memory across epochs up to this size
 
 
 @dataclass
@@ -299,248 +298,107 @@ def write_cache_batch(
     return {"key": batch["key"], "status": batch["status"]}
 
 
-def build_cache(
-    mode: str,
-    listing: Listing,
-    cache_dir: str,
-    preset: Preset,
-    vocabulary: list[str],
-    run: str,
-    opts: TrainOptions,
-) -> dict[str, int]:
-    """Run one cache pass (resumable: clips already cached or rejected are skipped)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from factory.raycluster import cluster_cpus, cluster_gpus
-
+def cache_todo(listing: Listing, cache_dir: str) -> tuple[list[ClipRecord], int, int]:
+    """Clips still to cache (resumable: cached or rejected clips are skipped)."""
     done = set()
     for role in ("train", "holdout"):
         keys, _ = cached_keys(storage.join(cache_dir, role))
         done |= keys
     _, rejected = cached_keys(cache_dir)
-    todo = [r for r in listing.records if r.key not in done and r.key not in rejected]
-    if not todo:
-        log.info("%s cache complete (%d clips, %d rejects)", mode, len(done), len(rejected))
-        return {"clips": len(done), "rejects": len(rejected)}
-    gpus = cluster_gpus()
-    actors = opts.encode_actors or (
-        max(1, int(gpus)) if gpus >= 1 else max(1, int(cluster_cpus()) - 1)
+    return (
+        [r for r in listing.records if r.key not in done and r.key not in rejected],
+        len(done),
+        len(rejected),
     )
-    rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(
-        decode_batch, batch_size=1, num_cpus=0.5, fn_kwargs={"preset_json": preset.to_json()}
-    )
-    ds = ds.map_batches(
-        CacheActor,
-        batch_size=1,
-        compute=ActorPoolStrategy(size=actors),
-        num_cpus=1.0,
-        num_gpus=1.0 if gpus >= 1 else 0.0,
-        fn_constructor_kwargs={
-            "mode": mode,
-            "preset_json": preset.to_json(),
-            "vocabulary": vocabulary,
-            "run": run,
-            "tagger": opts.audio_tagger if mode == "features" else None,
-            "tagger_classes": opts.audio_tagger_classes,
-        },
-    )
-    ds = ds.map_batches(
-        write_cache_batch,
-        batch_size=8,
-        num_cpus=0.25,
-        fn_kwargs={
-            "cache_dir": cache_dir,
-            "vocabulary": vocabulary,
-            "holdout": preset.train.holdout_fraction,
-            "seed": preset.train.seed,
-        },
-    )
-    t0 = time.time()
-    n = bad = 0
-    for row in ds.iter_rows():
-        n += 1
-        bad += row["status"] != OK
-    log.info("%s cache: %d clips in %.1f s (%d rejected)", mode, n, time.time() - t0, bad)
-    return {"clips": len(done) + n - bad, "rejects": len(rejected) + bad}
+
+
+def cache_actor_kwargs(
+    mode: str, preset: Preset, vocabulary: list[str], run: str, opts: TrainOptions
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "preset_json": preset.to_json(),
+        "vocabulary": vocabulary,
+        "run": run,
+        "tagger": opts.audio_tagger if mode == "features" else None,
+        "tagger_classes": opts.audio_tagger_classes,
+    }
+
+
+def cache_writer_kwargs(cache_dir: str, vocabulary: list[str], preset: Preset) -> dict[str, Any]:
+    return {
+        "cache_dir": cache_dir,
+        "vocabulary": vocabulary,
+        "holdout": preset.train.holdout_fraction,
+        "seed": preset.train.seed,
+    }
 
 
 # ---------------------------------------------------------------- the train loop
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train loop for one net (every rank runs it)."""
-    import signal
-
+    """Ray Train loop for one net (every rank runs it): data from the dataset shards,
+    checkpoints through ``ray.train.report``; the training itself is
+    :func:`factory.net_training.train_net`."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from factory.pool import PoolSource
-    from factory.pretrain import EncoderPretrainNet, PretrainTask
-    from factory.training import NetTask, fit, make_optimizer
+    from factory.net_training import train_net
 
-    name = config["net"]
-    preset = from_dict(config["preset"])
-    vocab = config["vocabulary"]
-    torch.manual_seed(preset.train.seed)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    if name == "encoders":
-        from factory.weights import build_encoders
-        from models.config import EncodersConfig
-
-        e = preset.encoders
-        unfrozen = EncodersConfig(
-            *(dataclasses.replace(c, frozen=False) for c in (e.image, e.plus, e.audio))
-        )
-        net = EncoderPretrainNet(build_encoders(unfrozen), len(vocab)).to(device)
-        task: Any = PretrainTask(name, len(vocab), preset)
-        optimizer = torch.optim.AdamW(
-            net.parameters(), lr=preset.train.pretrain_lr, weight_decay=1e-4
-        )
-        epochs = preset.train.pretrain_epochs
-    else:
-        net = build_nets(preset, len(vocab), (name.split("@")[0],))[name.split("@")[0]].to(device)
-        task = NetTask(name, len(vocab), preset, PoolSource(config.get("pool") or {}), vocab)
-        optimizer = make_optimizer(net, preset.train.lr_for(base_name(name)), preset)
-        epochs = preset.train.epochs
-    start_epoch, history, started_at = 0, [], time.time()
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, started_at = state["epoch"] + 1, state["history"], state["started_at"]
-        log.info("%s: resuming at epoch %d", name, start_epoch)
-    model = ray.train.torch.prepare_model(net) if world > 1 else net
-    extra = {}
-    if config.get("switch_labels"):
-        from factory.store import read_parquet
-
-        t = read_parquet(config["switch_labels"])
-        extra = {
-            k: {"gate": torch.from_numpy(np.frombuffer(v, dtype=np.uint8).astype(np.float32))}
-            for k, v in zip(t["key"].to_pylist(), t["labels"].to_pylist(), strict=True)
-        }
-    fold = int(name.split("@fold")[1]) if "@fold" in name else None
-
-    def transform(clips: Any) -> Any:
-        from factory.encoding import normalize_frames
-
-        for c in clips:
-            if (
-                fold is not None
-                and (int(hashlib.sha256(c.key.encode()).hexdigest(), 16) % 2) == fold
-            ):
-                continue  # the other fold's clips: this tagger must not see them
-            if name == "encoders":
-                c.feats = {
-                    "frames": normalize_frames(c.feats["frames_u8"]),
-                    "spectrogram": c.feats["spectrogram"],
-                }
-            yield c
-
+    seed = from_dict(config["preset"]).train.seed
     train_shard = ray.train.get_dataset_shard("train")
-    # The first epoch streams the shard with Ray Data; while the rows seen fit in
-    # WORKER_CACHE_MB they are kept, and later epochs reuse them in a fresh random order
-    # (on a small corpus re-running the data pipeline every epoch costs more than the
-    # epoch itself). A larger shard is streamed again every epoch.
-    kept: list = []
-    kept_bytes = [0]
-    complete = [False]
 
-    def train_clips(epoch: int) -> Any:
-        if complete[0]:
-            yield from transform(
-                rows_to_clips(shuffled_rows(kept, preset.train.seed, epoch), extra)
-            )
-            return
-        keeping = epoch == start_epoch
+    def train_rows(epoch: int) -> Any:
         for batch in train_shard.iter_batches(
             batch_size=CLIPS_PER_READ,
             batch_format="numpy",
             local_shuffle_buffer_size=SHUFFLE_CLIPS,
-            local_shuffle_seed=preset.train.seed + epoch,
+            local_shuffle_seed=seed + epoch,
         ):
-            rows = batch_rows(batch)
-            if keeping:
-                kept.extend(rows)
-                kept_bytes[0] += sum(len(r["blob"]) for r in rows)
-                if kept_bytes[0] > WORKER_CACHE_MB * 2**20:
-                    keeping = False
-                    kept.clear()
-            yield from transform(rows_to_clips(rows, extra))
-        complete[0] = keeping
+            yield from batch_rows(batch)
 
-    val_cache: list = []
+    def val_rows() -> Any:
+        shard = ray.train.get_dataset_shard("val")
+        for batch in (
+            shard.iter_batches(batch_size=CLIPS_PER_READ, batch_format="numpy")
+            if shard is not None
+            else []
+        ):
+            yield from batch_rows(batch)
 
-    def val_clips() -> Any:
-        if not val_cache:
-            val_shard = ray.train.get_dataset_shard("val")
-            if val_shard is not None:
-                for batch in val_shard.iter_batches(
-                    batch_size=CLIPS_PER_READ, batch_format="numpy"
-                ):
-                    val_cache.extend(transform(rows_to_clips(batch_rows(batch), extra)))
-        return val_cache
-
-    def on_epoch(epoch: int, metrics: dict, _net: Any, _opt: Any) -> None:
-        metrics = {**metrics, "started_at": started_at, "ended_at": time.time(), "net": name}
-        history.append(metrics)
+    def save(state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                torch.save(
-                    {
-                        "net": net.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "history": history,
-                        "started_at": started_at,
-                    },
-                    os.path.join(d, "state.pt"),
-                )
+            if state is not None:
+                torch.save(state, os.path.join(d, "state.pt"))
             ray.train.report(
                 {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
-                checkpoint=Checkpoint.from_directory(d) if rank == 0 else None,
+                checkpoint=Checkpoint.from_directory(d) if state is not None else None,
             )
-        failure = config.get("inject_failure")
-        if (
-            failure
-            and failure.split(":")[0] == name
-            and int(failure.split(":")[1]) == epoch
-            and rank == 0
-        ):
-            marker = config["failure_marker"]
-            if not os.path.exists(marker):
-                open(marker, "w").close()
-                log.warning("%s: injected failure (SIGKILL) after epoch %d", name, epoch)
-                os.kill(os.getpid(), signal.SIGKILL)
 
-    has_val = name not in ("switch", "encoders") and not name.startswith("audio@")
-    fit(
-        model,
-        task,
-        train_clips,
-        val_clips if has_val else None,
-        epochs,
-        0.0,
-        start_epoch=start_epoch,
-        optimizer=optimizer,
-        on_epoch=on_epoch,
+    has_val = "val" in config.get("datasets", [])
+    train_net(
+        config,
+        train_rows,
+        val_rows if has_val else None,
+        device,
+        state,
+        save,
+        rank,
+        ray.train.torch.prepare_model if world > 1 else None,
     )
 
 
 # ---------------------------------------------------------------- the Tune driver
-
-
-def shuffled_rows(rows: list, seed: int, epoch: int) -> list:
-    order = np.random.default_rng([seed, epoch, 5]).permutation(len(rows))
-    return [rows[i] for i in order]
 
 
 def net_trial(config: dict[str, Any]) -> None:
@@ -563,7 +421,11 @@ def net_trial(config: dict[str, Any]) -> None:
             )
     if name.startswith("audio@"):  # the taggers train on train-role clips only, split by fold
         datasets.pop("val", None)
-    loop_config = {**{k: v for k, v in common.items() if k != "cache"}, "net": name}
+    loop_config = {
+        **{k: v for k, v in common.items() if k != "cache"},
+        "net": name,
+        "datasets": sorted(datasets),
+    }
     resources = {"CPU": common["cpus_per_worker"]}
     if common["gpus_per_net"] > 0:
         resources["GPU"] = common["gpus_per_net"] / common["workers_per_net"]
@@ -586,65 +448,6 @@ def net_trial(config: dict[str, Any]) -> None:
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     trainer.fit()
-
-
-def fit_nets(
-    names: tuple[str, ...], phase: str, common: dict[str, Any], opts: TrainOptions
-) -> dict[str, dict[str, Any]]:
-    """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid). Returns per
-    net its final checkpoint's state and history."""
-    from ray import tune
-
-    from factory.raycluster import cluster_cpus
-
-    # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that feed
-    # the trainers (on 2 CPUs, trainers that took every CPU starved their own data);
-    # the rest is shared by the nets of the phase, so all of them run at once.
-    cpus = cluster_cpus()
-    trainer_cpus = max(cpus - DATA_RESERVE_CPUS, 0.1 * len(names))
-    per_worker = opts.cpus_per_worker or max(
-        0.01, round(trainer_cpus / (len(names) * opts.workers_per_net) - 0.005, 3)
-    )
-    concurrent = opts.max_concurrent or max(
-        1, min(len(names), int(trainer_cpus // (per_worker * opts.workers_per_net)))
-    )
-    common = {
-        **common,
-        "cpus_per_worker": per_worker,
-        "workers_per_net": opts.workers_per_net,
-        "gpus_per_net": opts.gpus_per_net,
-        "max_failures": opts.max_failures,
-    }
-    log.info(
-        "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
-        phase,
-        ", ".join(names),
-        concurrent,
-        per_worker,
-    )
-    tuner = tune.Tuner(
-        tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-        param_space={"net": tune.grid_search(list(names)), "common": common},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(
-            name=f"{phase}-{int(time.time())}",
-            storage_path=common["tune_dir"],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
-    )
-    grid = tuner.fit()
-    out = {}
-    for result in grid:
-        if result.error:
-            raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
-    for name in names:
-        ckpt_dir = storage.join(common["checkpoints"], name.replace("+", "plus").replace("@", "-"))
-        state = _latest_state(ckpt_dir)
-        if state is None:
-            raise RuntimeError(f"{phase}: net {name} left no checkpoint under {ckpt_dir}")
-        out[name] = state
-    return out
 
 
 def _latest_state(run_path: str) -> dict[str, Any] | None:
@@ -696,12 +499,238 @@ def switch_label_table(cache_dir: str, taggers: dict[str, torch.nn.Module]) -> A
 # ---------------------------------------------------------------- the job
 
 
-def _pool_refs(
-    cache_dir: str, listing: Listing, preset: Preset, extra: dict[str, Any]
+def net_dir(checkpoints: str, name: str) -> str:
+    return storage.join(checkpoints, name.replace("+", "plus").replace("@", "-"))
+
+
+def collect_states(
+    names: tuple[str, ...], phase: str, checkpoints: str
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in names:
+        state = _latest_state(net_dir(checkpoints, name))
+        if state is None:
+            raise RuntimeError(
+                f"{phase}: net {name} left no checkpoint under {net_dir(checkpoints, name)}"
+            )
+        out[name] = state
+    return out
+
+
+class RayExecutor:
+    """Each phase on the Ray cluster: caches with Ray Data (decode tasks, an encoder actor
+    pool, writer tasks), nets with one TorchTrainer each under a Tune grid."""
+
+    name = "ray"
+
+    def __init__(self, opts: TrainOptions) -> None:
+        from factory.raycluster import init_ray
+
+        self.opts = opts
+        init_ray(opts.address)
+
+    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        return {tag: ray.put(e) for tag, e in entries.items()}
+
+    def build_cache(
+        self,
+        mode: str,
+        listing: Listing,
+        cache_dir: str,
+        preset: Preset,
+        vocab: list[str],
+        run: str,
+    ) -> dict[str, int]:
+        import ray
+        from ray.data import ActorPoolStrategy
+
+        from factory.raycluster import cluster_cpus, cluster_gpus
+
+        todo, done, rejected = cache_todo(listing, cache_dir)
+        if not todo:
+            log.info("%s cache complete (%d clips, %d rejects)", mode, done, rejected)
+            return {"clips": done, "rejects": rejected}
+        gpus = cluster_gpus()
+        actors = self.opts.encode_actors or (
+            max(1, int(gpus)) if gpus >= 1 else max(1, int(cluster_cpus()) - 1)
+        )
+        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(
+            decode_batch, batch_size=1, num_cpus=0.5, fn_kwargs={"preset_json": preset.to_json()}
+        )
+        ds = ds.map_batches(
+            CacheActor,
+            batch_size=1,
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=1.0,
+            num_gpus=1.0 if gpus >= 1 else 0.0,
+            fn_constructor_kwargs=cache_actor_kwargs(mode, preset, vocab, run, self.opts),
+        )
+        ds = ds.map_batches(
+            write_cache_batch,
+            batch_size=8,
+            num_cpus=0.25,
+            fn_kwargs=cache_writer_kwargs(cache_dir, vocab, preset),
+        )
+        t0 = time.time()
+        n = bad = 0
+        for row in ds.iter_rows():
+            n += 1
+            bad += row["status"] != OK
+        log.info("%s cache: %d clips in %.1f s (%d rejected)", mode, n, time.time() - t0, bad)
+        return {"clips": done + n - bad, "rejects": rejected + bad}
+
+    def fit_nets(
+        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
+        from ray import tune
+
+        from factory.raycluster import cluster_cpus
+
+        opts = self.opts
+        # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
+        # feed the trainers (on 2 CPUs, trainers that took every CPU starved their own
+        # data); the rest is shared by the nets of the phase, so all of them run at once.
+        cpus = cluster_cpus()
+        trainer_cpus = max(cpus - DATA_RESERVE_CPUS, 0.1 * len(names))
+        per_worker = opts.cpus_per_worker or max(
+            0.01, round(trainer_cpus / (len(names) * max(opts.workers_per_net, 1)) - 0.005, 3)
+        )
+        concurrent = opts.max_concurrent or max(
+            1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
+        )
+        common = {
+            **common,
+            "cpus_per_worker": per_worker,
+            "workers_per_net": opts.workers_per_net,
+            "gpus_per_net": opts.gpus_per_net,
+            "max_failures": opts.max_failures,
+        }
+        log.info(
+            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
+            phase,
+            ", ".join(names),
+            concurrent,
+            per_worker,
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
+            param_space={"net": tune.grid_search(list(names)), "common": common},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name=f"{phase}-{int(time.time())}",
+                storage_path=common["tune_dir"],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+        for result in tuner.fit():
+            if result.error:
+                raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
+        return collect_states(names, phase, common["checkpoints"])
+
+
+class LocalExecutor:
+    """Each phase in this process, plain PyTorch, no Ray (for a GPU box without Ray, and
+    for fast tests): the same cache files, the same per-net training
+    (:func:`factory.net_training.train_net`), the same checkpoint folders, one net
+    after another."""
+
+    name = "local"
+
+    def __init__(self, opts: TrainOptions) -> None:
+        self.opts = opts
+
+    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
+        return entries
+
+    def build_cache(
+        self,
+        mode: str,
+        listing: Listing,
+        cache_dir: str,
+        preset: Preset,
+        vocab: list[str],
+        run: str,
+    ) -> dict[str, int]:
+        from factory.pipeline import decode_row, to_batch
+
+        todo, done, rejected = cache_todo(listing, cache_dir)
+        if not todo:
+            return {"clips": done, "rejects": rejected}
+        actor = CacheActor(**cache_actor_kwargs(mode, preset, vocab, run, self.opts))
+        bad = 0
+        for start in range(0, len(todo), 8):
+            rows = [
+                decode_row(
+                    {"key": r.key, "record": json.dumps(r.to_row())},
+                    preset.frames,
+                    preset.spectrogram,
+                )
+                for r in todo[start : start + 8]
+            ]
+            out = actor(to_batch(rows))
+            write_cache_batch(out, **cache_writer_kwargs(cache_dir, vocab, preset))
+            bad += int((out["status"] != OK).sum())
+        log.info("%s cache: %d clips (%d rejected)", mode, len(todo), bad)
+        return {"clips": done + len(todo) - bad, "rejects": rejected + bad}
+
+    def fit_nets(
+        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        from factory.encoding import resolve_device
+        from factory.net_training import train_net
+        from factory.store import read_parquet
+
+        device = resolve_device("auto")
+        files = common["cache"]
+        for name in names:
+            folder = net_dir(common["checkpoints"], name)
+            storage.makedirs(folder)
+
+            def train_rows(epoch: int) -> Any:
+                for f in files["train"]:
+                    yield from read_parquet(f).to_pylist()
+
+            def val_rows() -> Any:
+                for f in files["holdout"]:
+                    yield from read_parquet(f).to_pylist()
+
+            def save(
+                state: dict[str, Any] | None, metrics: dict[str, Any], folder: str = folder
+            ) -> None:
+                if state is None:
+                    return
+                storage.save_torch(
+                    state,
+                    storage.join(folder, f"checkpoint_local_{state['epoch']:05d}", "state.pt"),
+                )
+                for old in sorted(d for d in storage.listdir(folder) if "checkpoint_local_" in d)[
+                    :-2
+                ]:
+                    storage.remove(old)
+
+            config = {**{k: v for k, v in common.items() if k != "cache"}, "net": name}
+            log.info("%s: fitting %s in this process", phase, name)
+            train_net(
+                config,
+                train_rows,
+                val_rows if files["holdout"] else None,
+                device,
+                _latest_state(folder),
+                save,
+            )
+        return collect_states(names, phase, common["checkpoints"])
+
+
+def make_pool(
+    executor: Any, cache_dir: str, listing: Listing, preset: Preset, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Cross-term pool for training: bottom-k train-role clips per tag, from the cache."""
-    import ray
-
     from factory.pool import PoolEntries, build_sketch
     from factory.prepare import feature_pool_entries
 
@@ -714,21 +743,22 @@ def _pool_refs(
         c.key: c
         for c in rows_to_clips(read_cache_rows(storage.join(cache_dir, "train"), wanted), extra)
     }
-    return {
-        tag: ray.put(
-            PoolEntries.concat(
-                feature_pool_entries(clips[k], w.pool_groups)
-                for k in sketch.candidates(tag)[: w.pool_clips]
-                if k in clips
-            )
+    entries = {
+        tag: PoolEntries.concat(
+            feature_pool_entries(clips[k], w.pool_groups)
+            for k in sketch.candidates(tag)[: w.pool_clips]
+            if k in clips
         )
         for tag in sketch.heaps
     }
+    return executor.put_pool(entries)
 
 
-def run_train(opts: TrainOptions) -> dict[str, Any]:
+def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
+    """Run (or resume) the train job; ``local=True`` runs every phase in this process
+    without Ray (:class:`LocalExecutor`)."""
     from factory.bundle import load_bundle
-    from factory.raycluster import init_ray
+    from factory.net_training import load_switch_labels
     from factory.store import write_parquet_atomic
     from factory.weights import build_encoders
 
@@ -754,9 +784,8 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
             "bundle %s is already trained for this corpus and configuration: nothing to do",
             opts.out,
         )
-        bundle = load_bundle(opts.out)
-        return {"bundle": opts.out, "skipped": True, "metrics": bundle.metrics}
-    init_ray(opts.address)
+        return {"bundle": opts.out, "skipped": True, "metrics": load_bundle(opts.out).metrics}
+    executor: Any = LocalExecutor(opts) if local else RayExecutor(opts)
     run = run_dir(opts)
     storage.makedirs(run)
     checkpoints = storage.join(run, "checkpoints")
@@ -780,12 +809,16 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
     def files(cache: str) -> dict[str, list[str]]:
         return {role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")}
 
+    def timed(phase: str, t: float) -> None:
+        phases[phase] = time.time() - t
+        log.info("phase %s done in %.0f s", phase, phases[phase])
+
     # 0. encoders
     if needs_pretraining(preset) and not storage.exists(storage.join(run, "encoders.pt")):
         t = time.time()
-        build_cache("raw", listing, storage.join(run, "raw"), preset, vocab, run, opts)
-        states = fit_nets(
-            ("encoders",), "encoders", {**common, "cache": files(storage.join(run, "raw"))}, opts
+        executor.build_cache("raw", listing, storage.join(run, "raw"), preset, vocab, run)
+        states = executor.fit_nets(
+            ("encoders",), "encoders", {**common, "cache": files(storage.join(run, "raw"))}
         )
         enc_state = {
             k.removeprefix("encoders."): v
@@ -793,22 +826,19 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
             if k.startswith("encoders.")
         }
         storage.save_torch(enc_state, storage.join(run, "encoders.pt"))
-        phases["encoders"] = time.time() - t
+        timed("encoders", t)
     # 1. features
     t = time.time()
-    cache_stats = build_cache(
-        "features", listing, storage.join(run, "features"), preset, vocab, run, opts
+    cache_stats = executor.build_cache(
+        "features", listing, storage.join(run, "features"), preset, vocab, run
     )
-    phases["features"] = time.time() - t
+    timed("features", t)
     # 2. switch labels
     t = time.time()
     labels_uri = storage.join(run, "switch_labels.parquet")
     if not opts.audio_tagger and not storage.exists(labels_uri):
-        states = fit_nets(
-            TAGGER_FOLDS,
-            "audio-tagger",
-            {**common, "cache": files(storage.join(run, "features"))},
-            opts,
+        states = executor.fit_nets(
+            TAGGER_FOLDS, "audio-tagger", {**common, "cache": files(storage.join(run, "features"))}
         )
         taggers = {}
         for name, state in states.items():
@@ -816,41 +846,29 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
             net.load_state_dict(state["net"])
             taggers[name] = net.eval()
         write_parquet_atomic(labels_uri, switch_label_table(storage.join(run, "features"), taggers))
-    phases["switch_labels"] = time.time() - t
+    timed("switch_labels", t)
     switch_common = {**common, "switch_labels": None if opts.audio_tagger else labels_uri}
-    extra = {}
-    if not opts.audio_tagger:
-        from factory.store import read_parquet
-
-        lt = read_parquet(labels_uri)
-        extra = {
-            k: {"gate": torch.from_numpy(np.frombuffer(v, dtype=np.uint8).astype(np.float32))}
-            for k, v in zip(lt["key"].to_pylist(), lt["labels"].to_pylist(), strict=True)
-        }
+    extra = load_switch_labels(switch_common["switch_labels"])
     # 3. coarse nets
     t = time.time()
-    pool = _pool_refs(storage.join(run, "features"), listing, preset, extra)
-    coarse = fit_nets(
+    pool = make_pool(executor, storage.join(run, "features"), listing, preset, extra)
+    coarse = executor.fit_nets(
         COARSE_NETS,
         "coarse",
         {**switch_common, "pool": pool, "cache": files(storage.join(run, "features"))},
-        opts,
     )
     for name, state in coarse.items():
         storage.save_torch(state["net"], storage.join(run, "nets", f"{name}.pt"))
-    phases["coarse_nets"] = time.time() - t
+    timed("coarse_nets", t)
     # 4. fine features, 5. fine nets
     t = time.time()
-    build_cache("fine", listing, storage.join(run, "features_fine"), preset, vocab, run, opts)
-    phases["fine_features"] = time.time() - t
+    executor.build_cache("fine", listing, storage.join(run, "features_fine"), preset, vocab, run)
+    timed("fine_features", t)
     t = time.time()
-    fine = fit_nets(
-        FINE_NETS,
-        "fine",
-        {**switch_common, "cache": files(storage.join(run, "features_fine"))},
-        opts,
+    fine = executor.fit_nets(
+        FINE_NETS, "fine", {**switch_common, "cache": files(storage.join(run, "features_fine"))}
     )
-    phases["fine_nets"] = time.time() - t
+    timed("fine_nets", t)
     # 6. the bundle
     encoders = build_encoders(preset.encoders)
     if storage.exists(storage.join(run, "encoders.pt")):
@@ -873,6 +891,7 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
         }
     metrics = {
         "signature": sig,
+        "executor": executor.name,
         "nets": per_net,
         "clips": cache_stats["clips"],
         "rejects": cache_stats["rejects"],
@@ -881,8 +900,7 @@ def run_train(opts: TrainOptions) -> dict[str, Any]:
         "corpus": storage.redact(opts.corpus),
         "pretrained_encoders": needs_pretraining(preset),
     }
-    bundle = Bundle(preset, vocab, encoders, nets, metrics)
-    bundle.save(opts.out)
+    Bundle(preset, vocab, encoders, nets, metrics).save(opts.out)
     return {"bundle": opts.out, "skipped": False, "metrics": metrics}
 
 

@@ -18,7 +18,7 @@ _bootstrap.setup_logging()
 from factory.train_job import TrainOptions, run_train, summary_table  # noqa: E402
 
 
-def parse(argv: list[str] | None = None) -> TrainOptions:
+def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -85,6 +85,11 @@ def parse(argv: list[str] | None = None) -> TrainOptions:
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     )
     p.add_argument(
+        "--local",
+        action="store_true",
+        help="run every phase in this process with plain PyTorch, no Ray (e.g. on a GPU box without Ray)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -100,7 +105,7 @@ def parse(argv: list[str] | None = None) -> TrainOptions:
             if value[:1] in "[{0123456789-" or value in ("true", "false")
             else value
         )
-    return TrainOptions(
+    return a.local, TrainOptions(
         corpus=a.corpus,
         out=a.out,
         split=a.split,
@@ -122,7 +127,8 @@ def parse(argv: list[str] | None = None) -> TrainOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    result = run_train(parse(argv))
+    local, opts = parse(argv)
+    result = run_train(opts, local=local)
     print(
         f"\nbundle: {result['bundle']}"
         + (" (already trained; nothing to do)" if result["skipped"] else "")
