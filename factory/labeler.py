@@ -16,9 +16,9 @@ the coarse size whatever the number of nets and windows that use it (the perform
 floor of SPEC.md section 6). A source that cannot run for a frame (no audio stream; no
 other clip of the tag in the pool) gets weight 0 in Eq. 8 and is counted.
 
-Multi-tag clips (beyond the paper): one SCAM+ per tag, combined as the per-pixel mean
-weighted by each tag's summed selected confidence ``sum_k sf(C_k)[i]`` (a tag no source
-ranks first drops out), then min-max normalised; both tags' objects stay salient.
+Multi-tag clips (beyond the paper): one SCAM+ per tag, where Eq. 3's "ranked first"
+ignores the clip's other true tags (:func:`for_tag`); the per-tag maps are combined by
+the per-pixel maximum (:func:`combine_tags`), so every tagged object stays salient.
 """
 
 from __future__ import annotations
@@ -195,9 +195,11 @@ class Labeler:
         tag: int,
         size: tuple[int, int],
         cache: dict | None = None,
+        other_tags: Sequence[int] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 2: the coarse CAMs (T, 3, H, W) of S, ST, SA, their confidences
-        (T, 3, c) and the coarse SCAM (T, H, W). ``cache`` keeps the nets' outputs across tags."""
+        (T, 3, c) and the coarse SCAM (T, H, W). ``cache`` keeps the nets' outputs across
+        tags; ``other_tags`` are the clip's other tags (see :func:`for_tag`)."""
         cache = {} if cache is None else cache
         t = feats["gate"].shape[0]
         cams, confs = [], []
@@ -211,7 +213,7 @@ class Labeler:
             maps, conf, _ = cache[name]
             cams.append(self._cam(maps, tag, size))
             confs.append(conf)
-        cams_c, confs_c = torch.stack(cams, 1), torch.stack(confs, 1)
+        cams_c, confs_c = torch.stack(cams, 1), for_tag(torch.stack(confs, 1), other_tags)
         idx = torch.full((t,), tag, dtype=torch.long, device=self.device)
         return cams_c, confs_c, eq.scam(cams_c, confs_c, idx)
 
@@ -251,11 +253,12 @@ class Labeler:
 
         per_tag_maps, per_tag_weight, per_tag_conf, boxes_all, fallback_all = [], [], [], [], []
         ablation: dict[str, list[torch.Tensor]] = {k: [] for k in ABLATION_MAPS}
-        for tag in tags:
-            i = self.bundle.tag_index(tag)
+        tag_ids = [self.bundle.tag_index(tag) for tag in tags]
+        for tag, i in zip(tags, tag_ids, strict=True):
+            others = [j for j in tag_ids if j != i]
             idx = torch.full((t,), i, dtype=torch.long, device=self.device)
             cams_c, confs_c, scam_coarse = self.coarse_scam(
-                feats, clip.key, has_audio, i, size, coarse_cache
+                feats, clip.key, has_audio, i, size, coarse_cache, others
             )
             boxes, fell_back = eq.coarse_box(scam_coarse)
             counters["box_fallbacks"] += int(fell_back.sum())
@@ -270,7 +273,7 @@ class Labeler:
                 maps, conf, _ = self.run_net(name, fine, clip.key, stage="fine")
                 cams_f.append(eq.paste_back(eq.class_activation_map(maps, idx), boxes, size))
                 confs_f.append(conf)
-            cams_f_t, confs_f_t = torch.stack(cams_f, 1), torch.stack(confs_f, 1)
+            cams_f_t, confs_f_t = torch.stack(cams_f, 1), for_tag(torch.stack(confs_f, 1), others)
             cams_p, confs_p = [], []
             for n, term in PLUS_PAIRS:
                 if n == "SA+" and not has_audio:
@@ -288,7 +291,7 @@ class Labeler:
                 cams_p.append(self._cam(maps, i, size))
                 confs_p.append(conf)
             all_cams = torch.cat([cams_f_t, torch.stack(cams_p, 1)], dim=1)
-            all_confs = torch.cat([confs_f_t, torch.stack(confs_p, 1)], dim=1)
+            all_confs = torch.cat([confs_f_t, for_tag(torch.stack(confs_p, 1), others)], dim=1)
             selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
             per_tag_maps.append(eq.scam_plus(all_cams, all_confs, idx))
             per_tag_weight.append(selected.sum(1))
@@ -333,11 +336,26 @@ class Labeler:
         return result
 
 
+def for_tag(confidences: torch.Tensor, other_tags: Sequence[int]) -> torch.Tensor:
+    """Confidences as Eq. 3 sees them for one tag of a multi-tag clip: the clip's other
+    tags are set to 0, so a source passes when it ranks this tag first among the classes
+    the clip does not hold (the other true tags do not count against it). A single-tag
+    clip is unchanged, so Eq. 3 holds exactly as the paper states it."""
+    if not other_tags:
+        return confidences
+    out = confidences.clone()
+    out[..., list(other_tags)] = 0.0
+    return out
+
+
 def combine_tags(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Multi-tag rule: per-pixel mean of the per-tag maps (T, tags, H, W) weighted by each
-    tag's summed selected confidence (T, tags), then Z. One tag: the map itself."""
+    """Multi-tag rule: the per-pixel maximum of the per-tag SCAM+ maps (T, tags, H, W),
+    each already in [0, 1]. Every human-given tag's object keeps full salience; a tag
+    that no source selects for a frame (its weight, the summed selected confidence, is
+    0) gives an all-zero map there and drops out. (A confidence-weighted mean was tried
+    first: nets trained on single-tag clips put nearly all confidence on one of two
+    present tags, which erased the other object.) One tag: the map itself."""
     if maps.shape[1] == 1:
         return maps[:, 0]
-    w = weights[..., None, None]
-    fused = (w * maps).sum(1) / w.sum(1).clamp_min(eq.NORMALIZE_EPS)
-    return eq.minmax_normalize(fused)
+    present = (weights > 0).to(maps.dtype)[..., None, None]
+    return (maps * present).amax(dim=1)

@@ -111,3 +111,39 @@ def truncated_copy(src: str, dst: str, fraction: float = 0.3) -> str:
     with open(dst, "r+b") as f:
         f.truncate(int(os.path.getsize(src) * fraction))
     return dst
+
+
+TRAIN_WORLD = SyntheticConfig(num_tags=3, clips_per_tag=6, seconds=2.0, seed=21)
+HELDOUT_WORLD = SyntheticConfig(
+    num_tags=3, clips_per_tag=2, seconds=2.0, seed=22, multi_tag_clips=1, no_audio_stream=1
+)
+TEST_TRAINING = {"epochs": 8, "pretrain_epochs": 10}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny bundle fitted once per session, in-process (the local executor: the same
+    phases and per-net code as the Ray job; the Ray path has its own tests)."""
+    from factory.train_job import TrainOptions, run_train
+
+    root = tmp_path_factory.mktemp("bundle_world")
+    generate(str(root / "train"), TRAIN_WORLD)
+    opts = TrainOptions(
+        corpus=str(root / "train" / "manifest.csv"),
+        out=str(root / "bundle"),
+        epochs=TEST_TRAINING["epochs"],
+        pretrain_epochs=TEST_TRAINING["pretrain_epochs"],
+    )
+    result = run_train(opts, local=True)
+    return {
+        "bundle": str(root / "bundle"),
+        "corpus": str(root / "train"),
+        "metrics": result["metrics"],
+    }
+
+
+@pytest.fixture(scope="session")
+def heldout_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    meta = generate(str(root), HELDOUT_WORLD)
+    return str(root), meta

@@ -1,0 +1,174 @@
+"""The evaluate job on both ground-truth layouts and all prediction formats."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from factory import metrics as M
+from factory.evaluate import CENTER_PRIOR, evaluate, write_report
+from factory.synthetic import load_ground_truth
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def png_predictions(folder, videos):
+    """videos: {video: (T, H, W) float maps} -> <folder>/<video>/maps/eyeMap_%05d.png"""
+    for vid, maps in videos.items():
+        os.makedirs(os.path.join(folder, vid, "maps"), exist_ok=True)
+        for k, m in enumerate(maps):
+            Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).save(
+                os.path.join(folder, vid, "maps", f"eyeMap_{k + 1:05d}.png")
+            )
+
+
+def test_synthetic_ground_truth_with_png_predictions(tiny_corpus, tmp_path):
+    root, meta = tiny_corpus
+    vids = [c["video_id"] for c in meta["clips"][:2]]
+    truth = {v: load_ground_truth(root, v)["maps"] for v in vids}
+    png_predictions(str(tmp_path / "perfect"), truth)
+    report = evaluate(str(tmp_path / "perfect"), root)
+    pred = report.methods["SCAM+ (pseudo-fixation)"]["dataset"]
+    prior = report.methods[CENTER_PRIOR]["dataset"]
+    assert pred["cc"] > 0.95 and pred["nss"] > prior["nss"] + 1.5 and pred["auc_judd"] > 0.95
+    assert report.videos == 2 and "per video" in report.to_json()["averaging"]
+    table = report.table()
+    assert (
+        "| method | AUC-J | SIM | s-AUC | CC | NSS | KLD | frames |" in table
+        and CENTER_PRIOR in table
+    )
+
+
+def make_stavis_layout(root, db="AVAD", videos=("v1", "v2"), frames=3, size=(24, 32)):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    os.makedirs(os.path.join(root, "fold_lists"), exist_ok=True)
+    with open(os.path.join(root, "fold_lists", f"{db}_list_test_1_fps.txt"), "w") as f:
+        for v in videos:
+            f.write(f"{v} {frames} 25\n")
+    truth = {}
+    for v in videos:
+        ann = os.path.join(root, "annotations", db, v)
+        os.makedirs(os.path.join(ann, "maps"), exist_ok=True)
+        os.makedirs(os.path.join(root, "video_frames", db, v), exist_ok=True)
+        maps = []
+        for k in range(1, frames + 1):
+            cy, cx = rng.integers(5, h - 5), rng.integers(5, w - 5)
+            yy, xx = np.mgrid[0:h, 0:w]
+            m = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
+            Image.fromarray((m * 255).astype(np.uint8)).save(
+                os.path.join(ann, "maps", f"eyeMap_{k:05d}.jpg"), quality=98
+            )
+            fix = np.zeros((h, w), np.uint8)
+            fix[cy, cx] = fix[cy + 1, cx] = 1
+            savemat(os.path.join(ann, f"fixMap_{k:05d}.mat"), {"eyeMap": fix})
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                os.path.join(root, "video_frames", db, v, f"img_{k:05d}.jpg")
+            )
+            maps.append(m)
+        truth[v] = np.stack(maps)
+    return truth
+
+
+def test_stavis_layout(tmp_path):
+    truth = make_stavis_layout(str(tmp_path / "gt"))
+    png_predictions(str(tmp_path / "pred"), truth)
+    report = evaluate(str(tmp_path / "pred"), str(tmp_path / "gt"), blur=False)
+    pred = report.methods["SCAM+ (pseudo-fixation)"]
+    assert pred["dataset"]["cc"] > 0.99 and set(pred["videos"]) == {"v1", "v2"}
+    assert sum(pred["frames"].values()) == 6
+    one_db = evaluate(str(tmp_path / "pred"), str(tmp_path / "gt") + "::AVAD", blur=False)
+    assert one_db.videos == 2
+
+
+def test_parquet_predictions_and_the_cli(tiny_corpus, tmp_path):
+    """A dataset in this project's schema (maps = the ground truth) through the CLI."""
+    import pyarrow as pa
+
+    from factory import storage
+    from factory.dataset import labels_table
+    from factory.labeler import ABLATION_MAPS, SOURCES, ClipLabels
+    from factory.store import ShardStore
+
+    root, meta = tiny_corpus
+    store = ShardStore(str(tmp_path / "ds"))
+    tables = []
+    for c in meta["clips"][:2]:
+        g = load_ground_truth(root, c["video_id"])
+        t = len(g["times"])
+        lab = ClipLabels(
+            c["video_id"],
+            c["tag"].split("|"),
+            g["times"],
+            g["maps"],
+            np.tile([0, 0, 1, 1], (t, 1)).astype(np.float32),
+            np.zeros(t, bool),
+            {s: np.zeros(t, np.float32) for s in SOURCES},
+            np.ones(t, bool),
+            True,
+            {k: np.zeros_like(g["maps"]) for k in ABLATION_MAPS},
+        )
+        tables.append(labels_table(lab, "x", ablation=True))
+    uri = store.write_shard(pa.concat_tables(tables), [c["video_id"] for c in meta["clips"][:2]])
+    storage.write_json(
+        str(tmp_path / "ds" / "_manifest.json"),
+        {"shards": [{"file": "shards/" + os.path.basename(uri), "rows": 1, "clips": []}]},
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "jobs/evaluate.py",
+            "--pred",
+            str(tmp_path / "ds"),
+            "--gt",
+            root,
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["methods"]["SCAM+ (pseudo-fixation)"]["dataset"]["cc"] > 0.95
+    assert (
+        rep["methods"]["CAM (S, single source)"]["dataset"]["cc"] == 0.0
+    )  # all-zero maps: constant, not NaN
+    assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "figure.png").exists()
+    assert "SCAM (fine)" in out.stdout
+
+
+def test_frames_without_fixations_are_skipped_and_counted(tmp_path):
+    truth = make_stavis_layout(str(tmp_path / "gt"), videos=("v1",), frames=2)
+    from scipy.io import savemat
+
+    savemat(
+        str(tmp_path / "gt" / "annotations" / "AVAD" / "v1" / "fixMap_00002.mat"),
+        {"eyeMap": np.zeros((24, 32), np.uint8)},
+    )
+    png_predictions(str(tmp_path / "pred"), truth)
+    report = evaluate(str(tmp_path / "pred"), str(tmp_path / "gt"), blur=False)
+    agg = report.methods["SCAM+ (pseudo-fixation)"]
+    assert agg["skipped_frames"]["nss"] == 1 and agg["skipped_frames"]["auc_judd"] == 1
+    write_report(report, str(tmp_path / "rep"))
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["videos"] == 1
+
+
+def test_unknown_ground_truth_layout(tmp_path):
+    with pytest.raises(ValueError, match="accepted layouts"):
+        list(__import__("factory.evaluate", fromlist=["load_truth"]).load_truth(str(tmp_path)))
+
+
+def test_center_prior_is_scored_like_a_method(tiny_corpus):
+    root, meta = tiny_corpus
+    g = load_ground_truth(root, meta["clips"][0]["video_id"])
+    s = M.score_frame(M.center_prior(g["maps"].shape[1:]), g["maps"][0], g["fixations"][0])
+    assert all(v is not None for k, v in s.items() if k != "auc_shuffled")

@@ -1,0 +1,335 @@
+"""The labeler (plain PyTorch) and the label job (Ray Data) on real files: output
+schema, readers without this project, accounting with bad inputs, ablation maps, PNG
+export, multi-tag clips, and exactly-once after a real kill -9 of the driver."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import truncated_copy
+
+from factory.bundle import load_bundle
+from factory.corpus import read_corpus
+from factory.decode import decode_clip
+from factory.labeler import SOURCES, Labeler
+from factory.synthetic import load_ground_truth
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def held_out_manifest(heldout, tmp_path, bad_inputs=True):
+    """The held-out corpus plus one of every kind of bad input, as a manifest."""
+    root, meta = heldout
+    with open(os.path.join(root, "manifest.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["video"] = os.path.join(root, r["video"])
+    if bad_inputs:
+        src = rows[0]["video"]
+        bad = tmp_path / "bad"
+        bad.mkdir(exist_ok=True)
+        truncated_copy(src, str(bad / "truncated.mp4"))
+        (bad / "garbage.mp4").write_bytes(os.urandom(20_000))
+        tag = rows[0]["tag"]
+        rows += [
+            {**rows[0], "video": str(bad / "truncated.mp4"), "video_id": "bad-truncated"},
+            {**rows[0], "video": str(bad / "garbage.mp4"), "video_id": "bad-garbage"},
+            {**rows[0], "video": str(bad / "missing.mp4"), "video_id": "bad-missing"},
+            {**rows[0], "video": src, "video_id": "bad-unknown-tag", "tag": "Unicorn"},
+            {**rows[0], "video": src, "video_id": rows[1]["video_id"], "tag": tag},  # duplicated id
+            {**rows[0], "video": src, "video_id": "bad-segment", "start_s": "5", "end_s": "9"},
+        ]
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def test_labeler_alone_plain_pytorch(tiny_bundle, heldout_corpus):
+    """The labeler needs no Ray: maps for every frame, in [0, 1], every source reported."""
+    root, meta = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    listing = read_corpus(os.path.join(root, "manifest.csv"))
+    rec = next(r for r in listing.records if len(r.tags) == 1)
+    clip = decode_clip(rec, bundle.preset.frames, bundle.preset.spectrogram)
+    labeler = Labeler(bundle, None, ablation=True)
+    out = labeler.label(clip, list(rec.tags))
+    t = len(clip.times)
+    assert out.maps.shape == (t, bundle.preset.frames.height, bundle.preset.frames.width)
+    assert out.maps.min() >= 0 and out.maps.max() <= 1 and np.isfinite(out.maps).all()
+    assert set(out.confidences) == set(SOURCES) and out.boxes.shape == (t, 4)
+    assert set(out.ablation) == {"cam_s", "cam_st", "cam_sa", "ac", "scam_coarse", "scam_fine"}
+    # no pool given: every cross-term pair is missing, counted, never silently zero-weighted
+    assert out.counters["cross_missing"] == 3 * t
+    # each frame encoded once at the coarse size, three crops per frame at the fine size
+    assert labeler.encoder_passes["coarse"] == t and labeler.encoder_passes["fine"] == 3 * t
+
+
+def test_clip_without_audio_uses_the_sources_that_need_none(tiny_bundle, heldout_corpus):
+    root, meta = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    vid = next(c["video_id"] for c in meta["clips"] if c["kind"] == "no_audio_stream")
+    rec = next(r for r in read_corpus(os.path.join(root, "manifest.csv")).records if r.key == vid)
+    clip = decode_clip(rec, bundle.preset.frames, bundle.preset.spectrogram)
+    out = Labeler(bundle, None).label(clip, list(rec.tags))
+    assert not out.has_audio and not out.gate.any()
+    for s in ("SA", "SA+long", "SA+cross"):
+        assert (out.confidences[s] == 0).all()
+
+
+def test_multi_tag_clip_both_objects_salient(tiny_bundle, heldout_corpus):
+    root, meta = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    clip_meta = next(c for c in meta["clips"] if c["kind"] == "multi_tag")
+    rec = next(
+        r
+        for r in read_corpus(os.path.join(root, "manifest.csv")).records
+        if r.key == clip_meta["video_id"]
+    )
+    assert len(rec.tags) == 2
+    clip = decode_clip(rec, bundle.preset.frames, bundle.preset.spectrogram)
+    out = Labeler(bundle, None).label(clip, list(rec.tags))
+    gt = load_ground_truth(root, rec.key)
+    # the two objects live on the left and right halves; each half's ground-truth peak
+    # must be salient in the combined map
+    salient = []
+    for k in range(0, len(out.maps), 3):
+        g, m = gt["maps"][k], out.maps[k]
+        w = g.shape[1] // 2
+        for half in (slice(0, w), slice(w, None)):
+            y, x = np.unravel_index(g[:, half].argmax(), g[:, half].shape)
+            patch = m[:, half][max(0, y - 4) : y + 5, max(0, x - 4) : x + 5]
+            salient.append(patch.max() >= 0.3 * m.max())
+    assert np.mean(salient) >= 0.8, np.mean(salient)
+
+
+@pytest.mark.slow
+def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session):
+    from factory.label_job import LabelOptions, run_label
+
+    manifest = held_out_manifest(heldout_corpus, tmp_path)
+    out = str(tmp_path / "pseudo")
+    summary = run_label(
+        LabelOptions(
+            corpus=manifest,
+            bundle=tiny_bundle["bundle"],
+            out=out,
+            ablation=True,
+            export_png=str(tmp_path / "png"),
+            clips_per_shard=4,
+        )
+    )
+    root, meta = heldout_corpus
+    n_good = len(meta["clips"])
+    assert summary.inputs == n_good + 6
+    assert summary.labelled == n_good and summary.rejected == 6
+    assert summary.inputs == summary.labelled + summary.rejected
+    rejects = pq.read_table(os.path.join(out, "rejects.parquet")).to_pylist()
+    reasons = {r["input"].split("#")[0]: (r["stage"], r["reason"]) for r in rejects}
+    assert (
+        reasons["bad-truncated"][0] == "decode"
+        and "not a readable video container" in reasons["bad-truncated"][1]
+    )
+    assert "not a readable video container" in reasons["bad-garbage"][1]
+    assert "file not found" in reasons["bad-missing"][1]
+    assert (
+        reasons["bad-unknown-tag"][0] == "listing"
+        and "unknown tag" in reasons["bad-unknown-tag"][1]
+    )
+    assert any("duplicated video_id" in r["reason"] for r in rejects)
+    assert "clip is 2.00 s long" in reasons["bad-segment"][1]
+    assert all(r["remedy"] for r in rejects)
+    run = json.loads(open(os.path.join(out, "run.json")).read())
+    assert (
+        run["summary"]["labelled"] == n_good
+        and run["bundle"]["fingerprint"]
+        and run["code_version"]
+    )
+    manifest_json = json.loads(open(os.path.join(out, "_manifest.json")).read())
+    assert (
+        manifest_json["clips"] == n_good
+        and sum(s["rows"] for s in manifest_json["shards"]) == summary.frames
+    )
+    assert os.path.exists(os.path.join(out, "preview.png"))
+    # PNG export in the usual layout
+    first = meta["clips"][0]["video_id"]
+    assert os.path.exists(os.path.join(tmp_path, "png", first, "maps", "eyeMap_00001.png"))
+    # readable without this project: pyarrow and pandas in a bare interpreter
+    code = (
+        "import sys, numpy as np, pyarrow.parquet as pq, pandas as pd\n"
+        "assert not any('factory' in m for m in sys.modules)\n"
+        f"t = pq.read_table({os.path.join(out, 'shards')!r})\n"
+        "cols = set(t.column_names)\n"
+        "need = {'video_id','frame_index','time_s','tag','height','width','map','box','confidences','shard_id','map_cam_s','map_ac','map_scam_coarse','map_scam_fine'}\n"
+        "assert need <= cols, need - cols\n"
+        "m = np.array(t['map'][0].as_py(), dtype=np.uint8); assert m.shape == (t['height'][0].as_py(), t['width'][0].as_py())\n"
+        "df = pd.read_parquet(" + repr(os.path.join(out, "shards")) + ")\n"
+        "assert len(df) == t.num_rows and df['map'].iloc[0] is not None\n"
+        "print(t.num_rows)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd="/"
+    )
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) == summary.frames
+    # and by Ray Data
+    import ray
+
+    assert ray.data.read_parquet(os.path.join(out, "shards")).count() == summary.frames
+    # a second run is a no-op that keeps the same rows
+    again = run_label(
+        LabelOptions(corpus=manifest, bundle=tiny_bundle["bundle"], out=out, ablation=True)
+    )
+    assert again.new_clips == 0 and again.labelled == n_good and again.frames == summary.frames
+
+
+def label_cmd(manifest, bundle, out):
+    return [
+        sys.executable,
+        "jobs/label.py",
+        "--corpus",
+        manifest,
+        "--bundle",
+        bundle,
+        "--out",
+        out,
+        "--clips-per-shard",
+        "1",
+        "--no-preview",
+    ]
+
+
+def rows_of(out):
+    t = pq.read_table(os.path.join(out, "shards"), columns=["video_id", "frame_index", "map"])
+    keys = list(zip(t["video_id"].to_pylist(), t["frame_index"].to_pylist(), strict=True))
+    maps = {k: np.array(m, dtype=np.uint8) for k, m in zip(keys, t["map"].to_pylist(), strict=True)}
+    return keys, maps
+
+
+@pytest.mark.slow
+def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, heldout_corpus, tmp_path):
+    """A run killed with SIGKILL mid-way and started again ends with the same rows as an
+    uninterrupted run: none lost, none duplicated."""
+    manifest = held_out_manifest(heldout_corpus, tmp_path, bad_inputs=True)
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    reference = str(tmp_path / "reference")
+    done = subprocess.run(
+        label_cmd(manifest, tiny_bundle["bundle"], reference),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        label_cmd(manifest, tiny_bundle["bundle"], out),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    shards = os.path.join(out, "shards")
+    deadline = time.time() + 600
+    while time.time() < deadline and not (
+        os.path.isdir(shards)
+        and len([f for f in os.listdir(shards) if f.endswith(".parquet")]) >= 2
+    ):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed; make the corpus larger"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    partial = len([f for f in os.listdir(shards) if f.endswith(".parquet")])
+    assert not os.path.exists(os.path.join(out, "_manifest.json"))
+    again = subprocess.run(
+        label_cmd(manifest, tiny_bundle["bundle"], out),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "accounting: inputs" in again.stdout
+    ref_keys, ref_maps = rows_of(reference)
+    keys, maps = rows_of(out)
+    assert len(keys) == len(set(keys)), "duplicated rows after the restart"
+    assert sorted(keys) == sorted(ref_keys), "rows lost or added after the restart"
+    assert all(np.abs(maps[k].astype(int) - ref_maps[k].astype(int)).max() <= 1 for k in keys)
+    ref_rejects = pq.read_table(os.path.join(reference, "rejects.parquet"))["input"].to_pylist()
+    assert sorted(
+        pq.read_table(os.path.join(out, "rejects.parquet"))["input"].to_pylist()
+    ) == sorted(ref_rejects)
+    assert partial >= 2
+
+
+def test_store_resolves_overlapping_files(tmp_path):
+    """A straggler that committed clips another file also holds: the later file (by
+    name) goes, and its clips count as not committed."""
+    import pyarrow as pa
+
+    from factory.store import ShardStore
+
+    def table(keys):
+        return pa.table({"video_id": keys, "shard_id": [""] * len(keys)})
+
+    store = ShardStore(str(tmp_path))
+    a = store.write_shard(table(["a", "b"]), ["a", "b"])
+    b = store.write_shard(table(["b", "c"]), ["b", "c"])
+    committed = store.scan()
+    kept, removed = sorted([a, b])[0], sorted([a, b])[1]
+    assert committed.removed == [removed] and not os.path.exists(removed) and os.path.exists(kept)
+    assert set(committed.shard_clips) == set(pq.read_table(kept)["video_id"].to_pylist())
+    (tmp_path / "shards" / "part-x.parquet.tmp-1234").write_bytes(b"half")
+    store.scan()
+    assert not (tmp_path / "shards" / "part-x.parquet.tmp-1234").exists()
+
+
+def test_embedded_default_cli_help():
+    res = subprocess.run(
+        [sys.executable, "jobs/label.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and "embedded default" in res.stdout and "--export-png" in res.stdout
+    res = subprocess.run(
+        [sys.executable, "jobs/label.py", "--corpus", "x.csv"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode != 0 and "--bundle" in res.stderr
+
+
+def test_bundle_loading_says_what_is_missing(tiny_bundle, tmp_path):
+    from factory.bundle import BundleError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle["bundle"], broken, ignore=shutil.ignore_patterns("_run"))
+    os.remove(broken / "nets" / "ST+.pt")
+    with pytest.raises(BundleError, match=r"files missing: nets/ST\+\.pt"):
+        load_bundle(str(broken))
+    with open(broken / "nets" / "S.pt", "ab") as f:
+        f.write(b"x")
+    meta = json.loads((broken / "bundle.json").read_text())
+    meta["nets"].remove("ST+")
+    (broken / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="nets not trained: ST\\+"):
+        load_bundle(str(broken))
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(str(tmp_path))
