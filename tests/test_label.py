@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -149,13 +150,13 @@ def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session
     assert any("duplicated video_id" in r["reason"] for r in rejects)
     assert "clip is 2.00 s long" in reasons["bad-segment"][1]
     assert all(r["remedy"] for r in rejects)
-    run = json.loads(open(os.path.join(out, "run.json")).read())
+    run = json.loads(Path(out, "run.json").read_text())
     assert (
         run["summary"]["labelled"] == n_good
         and run["bundle"]["fingerprint"]
         and run["code_version"]
     )
-    manifest_json = json.loads(open(os.path.join(out, "_manifest.json")).read())
+    manifest_json = json.loads(Path(out, "_manifest.json").read_text())
     assert (
         manifest_json["clips"] == n_good
         and sum(s["rows"] for s in manifest_json["shards"]) == summary.frames
