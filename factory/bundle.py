@@ -140,7 +140,12 @@ def build_nets(
 ) -> dict[str, nn.Module]:
     return {
         name: build_net(
-            base_name(name), num_classes, preset.encoders, preset.head_hidden, preset.cgcn
+            base_name(name),
+            num_classes,
+            preset.encoders,
+            preset.head_hidden,
+            preset.cgcn,
+            preset.head_convs,
         )
         for name in names
     }

@@ -103,6 +103,7 @@ class TrainConfig:
     pretrain_lr: float = 3e-3
     eval_targets_per_clip: int = 8  # held-out frames scored per clip each epoch
     grad_clip: float = 0.0  # max gradient norm (0 = off, the paper's recipe)
+    branch_loss_weight: float = 0.4  # + nets: weight of the raw branch's loss (authors' recipe)
 
     def lr_for(self, net: str) -> float:
         return self.lr.get(net.split("@")[0], self.lr.get(net, 1e-4))
@@ -130,7 +131,10 @@ class Preset:
     train: TrainConfig
     label: LabelConfig
     cgcn: CGCNConfig
-    head_hidden: int  # width of the 3x3 head convs (the paper code's heads; 512 there)
+    head_hidden: int  # width of the 3x3 head convs when head_convs allows them (512 in the code)
+    # 0: the paper's plain classifier for every net (Sec. 3.3, 1x1 conv + GAP; it also
+    # keeps the CAMs of ST / SA as sharp as S's); None: the authors' code (three 3x3 convs).
+    head_convs: int | None = 0
 
     def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -213,4 +217,5 @@ def from_dict(d: dict[str, Any]) -> Preset:
         label=LabelConfig(**d["label"]),
         cgcn=CGCNConfig(**d["cgcn"]),
         head_hidden=d["head_hidden"],
+        head_convs=d.get("head_convs", 0),
     )

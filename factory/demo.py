@@ -76,16 +76,21 @@ def prepare_corpora(root: str = DEMO_ROOT) -> dict[str, str]:
     return paths
 
 
-def ensure_bundle(paths: dict[str, str]) -> None:
+def ensure_bundle(paths: dict[str, str], on_ray: bool = False) -> None:
+    """Fit the tiny bundle once (cached). By default in this process (the train job's
+    local executor: the same phases and per-net code without Ray): on a 2-core laptop the
+    start-up of 13 TorchTrainers costs several times the training itself. ``on_ray``
+    runs the Ray Train version, as ``jobs/train.py`` does."""
     from factory.train_job import TrainOptions, run_train, summary_table
 
     if os.path.exists(os.path.join(paths["bundle"], "bundle.json")):
         log.info("demo: using the cached tiny bundle at %s", paths["bundle"])
         return
+    how = "on Ray Train" if on_ray else "in this process (--train-on-ray for Ray Train)"
     log.info(
-        "demo: no bundle yet, fitting a tiny one on the synthetic training corpus (cached for the next run)"
+        "demo: fitting a tiny bundle on the synthetic training corpus %s; cached for the next run",
+        how,
     )
-    result = run_train(
-        TrainOptions(corpus=paths["train_manifest"], out=paths["bundle"], preset="tiny")
-    )
+    opts = TrainOptions(corpus=paths["train_manifest"], out=paths["bundle"], preset="tiny")
+    result = run_train(opts, local=not on_ray)
     print(summary_table(result["metrics"]))

@@ -54,6 +54,8 @@ TABLE_NAMES = {
 COLUMN_NAMES = {
     "map": "SCAM+ (pseudo-fixation)",
     "map_cam_s": "CAM (S, single source)",
+    "map_cam_st": "CAM (ST, single source)",
+    "map_cam_sa": "CAM (SA, single source)",
     "map_ac": "AC (Eq. 22)",
     "map_scam_coarse": "SCAM (coarse)",
     "map_scam_fine": "SCAM (fine)",

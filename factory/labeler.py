@@ -111,6 +111,7 @@ class Labeler:
                 out.append((switch({"image": img[:, None], "audio": aud})[:, 0] > 0).float())
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 
+    @torch.inference_mode()
     def encode_clip(self, clip: DecodedClip) -> tuple[ClipFeatures, torch.Tensor]:
         """Step 1: features of every frame, once, plus the audio switch's decisions.
         Returns (features, normalised full-size frames)."""
@@ -121,6 +122,7 @@ class Labeler:
             feats["gate"] = torch.zeros(frames.shape[0], device=self.device)
         return feats, frames
 
+    @torch.inference_mode()
     def pool_features(self, tag: str) -> PoolEntries | None:
         """A tag's pool entries encoded once per labeler (then cached)."""
         if tag in self._pool_features:
@@ -169,6 +171,7 @@ class Labeler:
 
     # ------------------------------------------------------------------ stages
 
+    @torch.inference_mode()
     def run_net(
         self,
         name: str,
@@ -187,6 +190,7 @@ class Labeler:
         maps, conf = self._run(name, inputs)
         return maps, conf, valid
 
+    @torch.inference_mode()
     def coarse_scam(
         self,
         feats: ClipFeatures,
@@ -217,6 +221,7 @@ class Labeler:
         idx = torch.full((t,), tag, dtype=torch.long, device=self.device)
         return cams_c, confs_c, eq.scam(cams_c, confs_c, idx)
 
+    @torch.inference_mode()
     def fine_features(self, frames: torch.Tensor, boxes: torch.Tensor) -> ClipFeatures:
         """Step 3's encoder passes: t-1, t, t+1 cropped to box_t, at the fine size."""
         t = frames.shape[0]

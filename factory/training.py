@@ -137,7 +137,14 @@ class NetTask:
     def loss(
         self, net: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
     ) -> torch.Tensor:
-        return multilabel_soft_margin(net(inputs), labels.to(next(net.parameters()).device))
+        labels = labels.to(next(net.parameters()).device)
+        inner = getattr(net, "module", net)  # DDP-wrapped or not
+        if hasattr(inner, "forward_with_branch"):
+            fused, branch = inner.forward_with_branch(inputs)
+            return multilabel_soft_margin(
+                fused, labels
+            ) + self.preset.train.branch_loss_weight * multilabel_soft_margin(branch, labels)
+        return multilabel_soft_margin(net(inputs), labels)
 
     @torch.no_grad()
     def correct(

@@ -76,6 +76,11 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     )
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument(
+        "--train-on-ray",
+        action="store_true",
+        help="embedded default only: fit its tiny bundle with Ray Train instead of in this process",
+    )
     a = p.parse_args(argv)
     if a.corpus is None and a.bundle is None and a.out is None:
         return a, None
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     from factory.raycluster import init_ray
 
     init_ray(args.address)
-    ensure_bundle(paths)
+    ensure_bundle(paths, on_ray=args.train_on_ray)
     opts = LabelOptions(
         corpus=paths["heldout_manifest"],
         bundle=paths["bundle"],

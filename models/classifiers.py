@@ -183,8 +183,8 @@ class PlusNet(ClassificationNet):
         nn.init.normal_(self.classifier.layers[-1].weight, std=NEW_LAYER_INIT_STD)
         nn.init.zeros_(self.classifier.layers[-1].bias)
 
-    def forward_graph(self, inputs: Inputs) -> torch.Tensor:
-        """All node states after m steps: (B, 1 + n, c, h, w), node 0 = target."""
+    def branch_maps(self, inputs: Inputs) -> torch.Tensor:
+        """The branch's class maps of every node before reasoning: (B, 1 + n, c, h, w)."""
         image = inputs["image"]
         b, n = image.shape[:2]
         flat = {"image": image.flatten(0, 1)}
@@ -192,7 +192,19 @@ class PlusNet(ClassificationNet):
             if inputs.get(key) is not None:
                 flat[key] = inputs[key].flatten(0, 1)
         maps = self.branch.forward_features(flat)
-        return self.cgcn(maps.reshape(b, n, *maps.shape[1:]))
+        return maps.reshape(b, n, *maps.shape[1:])
+
+    def forward_graph(self, inputs: Inputs) -> torch.Tensor:
+        """All node states after m steps: (B, 1 + n, c, h, w), node 0 = target."""
+        return self.cgcn(self.branch_maps(inputs))
 
     def forward_features(self, inputs: Inputs) -> torch.Tensor:
         return self.classifier(self.forward_graph(inputs)[:, 0])
+
+    def forward_with_branch(self, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused logits, the target branch's own logits): the training loss weighs the
+        raw branch too (0.4 in the authors' recipe), which keeps the branch's class maps
+        tied to the evidence the C-GCN then reasons over."""
+        nodes = self.branch_maps(inputs)
+        fused = self.forward_head(self.classifier(self.cgcn(nodes)[:, 0]))
+        return fused, self.forward_head(nodes[:, 0])

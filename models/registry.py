@@ -49,7 +49,7 @@ class NetEntry:
     name: str
     spec: InputSpec
     build: Callable[[NetConfig], nn.Module]
-    head_convs: int
+    head_convs: int  # the authors' code's head depth (3x3 conv + ReLU layers before the 1x1)
     description: str
 
 
@@ -126,13 +126,18 @@ def net_config(
     encoders: EncodersConfig,
     head_hidden: int = 0,
     cgcn: CGCNConfig | None = None,
+    head_convs: int | None = 0,
 ) -> NetConfig:
+    """``head_convs``: 0 = the paper's plain classifier (Sec. 3.3: a 1x1 conv to c, then
+    GAP) for every net; ``None`` = the authors' code (three 3x3 convs first, except S)."""
     entry = NETS[name]
     return NetConfig(
         num_classes=num_classes,
         image_channels=spec_channels(entry.spec, encoders),
         audio_dim=encoders.audio.out_dim,
-        head=HeadConfig(convs=entry.head_convs, hidden=head_hidden),
+        head=HeadConfig(
+            convs=entry.head_convs if head_convs is None else head_convs, hidden=head_hidden
+        ),
         cgcn=cgcn or CGCNConfig(),
     )
 
@@ -143,11 +148,12 @@ def build_net(
     encoders: EncodersConfig,
     head_hidden: int = 0,
     cgcn: CGCNConfig | None = None,
+    head_convs: int | None = 0,
 ) -> nn.Module:
     """Construct a registered net (without its encoders)."""
     if name not in NETS:
         raise KeyError(f"unknown net {name!r}; registered: {', '.join(sorted(NETS))}")
-    return NETS[name].build(net_config(name, num_classes, encoders, head_hidden, cgcn))
+    return NETS[name].build(net_config(name, num_classes, encoders, head_hidden, cgcn, head_convs))
 
 
 def student_config(

@@ -38,9 +38,13 @@ def test_train_job_on_ray(tmp_path, ray_session):
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
     fine = [(m["nets"][n]["started_at"], m["nets"][n]["ended_at"]) for n in FINE_NETS]
     assert max(s for s, _ in fine) < min(e for _, e in fine)
-    assert min(s for s, _ in fine) > max(e for _, e in spans)  # the fine stage needs the coarse boxes
+    assert min(s for s, _ in fine) > max(
+        e for _, e in spans
+    )  # the fine stage needs the coarse boxes
     # the nets learn: held-out accuracy above chance (1/3) for the SCAM sources
-    accuracy = {n: m["nets"][n]["accuracy"] for n in ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine")}
+    accuracy = {
+        n: m["nets"][n]["accuracy"] for n in ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine")
+    }
     print("held-out accuracy:", json.dumps(accuracy))
     assert all(a > 1 / 3 for a in accuracy.values()), accuracy
     # a rerun of the finished run is a no-op returning the same bundle
