@@ -2,6 +2,7 @@
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,4 +57,4 @@ def test_kuberay_rayjob_manifest():
     container = group["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    assert "AWS_SECRET_ACCESS_KEY" not in open(os.path.join(REPO, "deploy", "rayjob.yaml")).read()
+    assert "AWS_SECRET_ACCESS_KEY" not in Path(REPO, "deploy", "rayjob.yaml").read_text()
