@@ -728,22 +728,22 @@ class LocalExecutor:
 
 
 def make_pool(
-    executor: Any, cache_dir: str, listing: Listing, preset: Preset, extra: dict[str, Any]
+    cache_dir: str, records: list[ClipRecord], preset: Preset, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Cross-term pool for training: bottom-k train-role clips per tag, from the cache."""
+    """Cross-term pool for training: the bottom-k train-role clips per tag (see
+    :mod:`factory.pool`), their 3-frame groups' features read from the cache."""
     from factory.pool import PoolEntries, build_sketch
     from factory.prepare import feature_pool_entries
 
     w = preset.windows
     train_keys, _ = cached_keys(storage.join(cache_dir, "train"))
-    records = [r for r in listing.records if r.key in train_keys]
-    sketch = build_sketch(records, w.pool_clips, w.seed)
+    sketch = build_sketch([r for r in records if r.key in train_keys], w.pool_clips, w.seed)
     wanted = {k for tag in sketch.heaps for k in sketch.candidates(tag)[: w.pool_clips]}
     clips = {
         c.key: c
         for c in rows_to_clips(read_cache_rows(storage.join(cache_dir, "train"), wanted), extra)
     }
-    entries = {
+    return {
         tag: PoolEntries.concat(
             feature_pool_entries(clips[k], w.pool_groups)
             for k in sketch.candidates(tag)[: w.pool_clips]
@@ -751,7 +751,6 @@ def make_pool(
         )
         for tag in sketch.heaps
     }
-    return executor.put_pool(entries)
 
 
 def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
@@ -851,7 +850,9 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     extra = load_switch_labels(switch_common["switch_labels"])
     # 3. coarse nets
     t = time.time()
-    pool = make_pool(executor, storage.join(run, "features"), listing, preset, extra)
+    pool = executor.put_pool(
+        make_pool(storage.join(run, "features"), listing.records, preset, extra)
+    )
     coarse = executor.fit_nets(
         COARSE_NETS,
         "coarse",
