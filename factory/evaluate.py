@@ -74,6 +74,23 @@ class VideoTruth:
 # ----------------------------------------------------------------- ground truth
 
 
+STUDENT_COLUMN_NAMES = {
+    "map": "students fused (Eq. 21 by default)",
+    "map_sta": "STA",
+    "map_sta_plus_short": "STA+ short",
+    "map_sta_plus_long": "STA+ long",
+}
+
+
+def _job_of(pred: str) -> str | None:
+    """Which job wrote a dataset (its run.json), if it is one of ours."""
+    uri = storage.join(pred, "run.json")
+    try:
+        return storage.read_json(uri).get("job") if storage.exists(uri) else None
+    except (OSError, ValueError):
+        return None
+
+
 def is_synthetic(gt: str) -> bool:
     return os.path.exists(os.path.join(gt, "synthetic.json"))
 
@@ -303,11 +320,14 @@ def evaluate(
 ) -> EvaluationReport:
     columns = columns or prediction_columns(pred)
     preds = load_predictions(pred, columns)
+    names = dict(COLUMN_NAMES)
+    if _job_of(pred) == "predict":
+        names.update(STUDENT_COLUMN_NAMES)
     pred_videos = set().union(*(set(v) for v in preds.values()))
     by_index = _png_layout(pred)
     truths = list(load_truth(gt, pred_videos, fps))
     unmatched = sorted(pred_videos - {t.video for t in truths})
-    names = {c: COLUMN_NAMES.get(c, c) for c in columns}
+    names = {c: names.get(c, c) for c in columns}
     jobs = [
         (t, {names[c]: preds[c][t.video] for c in columns if t.video in preds[c]}) for t in truths
     ]

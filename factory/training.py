@@ -149,7 +149,7 @@ class NetTask:
     @torch.no_grad()
     def correct(
         self, net: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
-    ) -> tuple[int, int]:
+    ) -> tuple[float, int]:
         logits = net(inputs).float().cpu()
         if self.spec.label == "switch":
             return int(((logits[:, 0] > 0).float() == labels[:, 0]).sum()), len(labels)
