@@ -587,7 +587,8 @@ def student_trial(config: dict[str, Any]) -> None:
         ),
         run_config=RunConfig(
             name=name.replace("+", "plus"),
-            storage_path=common["checkpoints"],
+            storage_path=storage.ray_storage(common["checkpoints"])[0],
+            storage_filesystem=storage.ray_storage(common["checkpoints"])[1],
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -613,7 +614,7 @@ class RayStudentExecutor:
         from factory.corpus import Listing
         from factory.pipeline import OK, decode_batch
         from factory.raycluster import cluster_cpus, cluster_gpus
-        from factory.train_job import cache_todo, write_cache_batch
+        from factory.train_job import cache_todo, cache_writer_kwargs, write_cache_batch
 
         todo, done, rejected = cache_todo(Listing(records), cache)
         if todo:
@@ -645,12 +646,7 @@ class RayStudentExecutor:
                 write_cache_batch,
                 batch_size=8,
                 num_cpus=0.25,
-                fn_kwargs={
-                    "cache_dir": cache,
-                    "vocabulary": vocab,
-                    "holdout": preset.train.holdout_fraction,
-                    "seed": preset.train.seed,
-                },
+                fn_kwargs=cache_writer_kwargs(cache, vocab, preset, records),
             )
             bad = sum(row["status"] != OK for row in ds.iter_rows())
             done, rejected = done + len(todo) - bad, rejected + bad
@@ -685,7 +681,10 @@ class RayStudentExecutor:
             tune.with_resources(student_trial, {"cpu": TRIAL_DRIVER_CPUS}),
             param_space={"net": tune.grid_search(list(STUDENTS)), "common": common},
             run_config=tune.RunConfig(
-                name=f"students-{int(time.time())}", storage_path=common["tune_dir"], verbose=0
+                name=f"students-{int(time.time())}",
+                storage_path=storage.ray_storage(common["tune_dir"])[0],
+                storage_filesystem=storage.ray_storage(common["tune_dir"])[1],
+                verbose=0,
             ),
         )
         for r in tuner.fit():
@@ -703,7 +702,7 @@ class LocalStudentExecutor:
     ) -> dict[str, int]:
         from factory.corpus import Listing
         from factory.pipeline import OK, decode_row, to_batch
-        from factory.train_job import cache_todo, write_cache_batch
+        from factory.train_job import cache_todo, cache_writer_kwargs, write_cache_batch
 
         todo, done, rejected = cache_todo(Listing(records), cache)
         if not todo:
@@ -721,7 +720,7 @@ class LocalStudentExecutor:
                 for r in todo[start : start + 8]
             ]
             out = actor(to_batch(rows))
-            write_cache_batch(out, cache, vocab, preset.train.holdout_fraction, preset.train.seed)
+            write_cache_batch(out, **cache_writer_kwargs(cache, vocab, preset, records))
             bad += int((out["status"] != OK).sum())
         return {"clips": done + len(todo) - bad, "rejects": rejected + bad}
 

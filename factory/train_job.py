@@ -49,8 +49,8 @@ from factory.feature_cache import (
     cache_row,
     cached_keys,
     encode_blob,
+    holdout_keys,
     read_cache_rows,
-    role_of,
     rows_to_clips,
     write_cache,
 )
@@ -260,11 +260,12 @@ def _local_copy(uri: str) -> str:
 
 
 def write_cache_batch(
-    batch: dict[str, np.ndarray], cache_dir: str, vocabulary: list[str], holdout: float, seed: int
+    batch: dict[str, np.ndarray], cache_dir: str, vocabulary: list[str], holdout: list[str]
 ) -> dict[str, np.ndarray]:
     """Ray Data function: commit a batch of cache rows (train and holdout roles in their
     own folders) and the batch's rejects."""
     rows = {"train": [], "holdout": []}
+    held_out = set(holdout)
     rejects = []
     for r in from_batch(batch):
         rec = ClipRecord.from_row(json.loads(r["record"]))
@@ -281,7 +282,7 @@ def write_cache_batch(
             )
             continue
         info = json.loads(r["info"])
-        role = role_of(rec.key, holdout, seed)
+        role = "holdout" if rec.key in held_out else "train"
         rows[role].append(
             cache_row(
                 rec,
@@ -325,12 +326,15 @@ def cache_actor_kwargs(
     }
 
 
-def cache_writer_kwargs(cache_dir: str, vocabulary: list[str], preset: Preset) -> dict[str, Any]:
+def cache_writer_kwargs(
+    cache_dir: str, vocabulary: list[str], preset: Preset, records: list[ClipRecord]
+) -> dict[str, Any]:
+    """Arguments of :func:`write_cache_batch`; the held-out clips are chosen from the whole
+    listing (not the clips still to do) so a resumed run holds out the same clips."""
     return {
         "cache_dir": cache_dir,
         "vocabulary": vocabulary,
-        "holdout": preset.train.holdout_fraction,
-        "seed": preset.train.seed,
+        "holdout": holdout_keys(records, preset.train.holdout_fraction, preset.train.seed),
     }
 
 
@@ -439,7 +443,8 @@ def net_trial(config: dict[str, Any]) -> None:
         ),
         run_config=RunConfig(
             name=name.replace("+", "plus").replace("@", "-"),
-            storage_path=common["checkpoints"],
+            storage_path=storage.ray_storage(common["checkpoints"])[0],
+            storage_filesystem=storage.ray_storage(common["checkpoints"])[1],
             failure_config=FailureConfig(max_failures=common["max_failures"]),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -573,7 +578,7 @@ class RayExecutor:
             write_cache_batch,
             batch_size=8,
             num_cpus=0.25,
-            fn_kwargs=cache_writer_kwargs(cache_dir, vocab, preset),
+            fn_kwargs=cache_writer_kwargs(cache_dir, vocab, preset, listing.records),
         )
         t0 = time.time()
         n = bad = 0
@@ -623,7 +628,8 @@ class RayExecutor:
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(
                 name=f"{phase}-{int(time.time())}",
-                storage_path=common["tune_dir"],
+                storage_path=storage.ray_storage(common["tune_dir"])[0],
+                storage_filesystem=storage.ray_storage(common["tune_dir"])[1],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
@@ -674,7 +680,7 @@ class LocalExecutor:
                 for r in todo[start : start + 8]
             ]
             out = actor(to_batch(rows))
-            write_cache_batch(out, **cache_writer_kwargs(cache_dir, vocab, preset))
+            write_cache_batch(out, **cache_writer_kwargs(cache_dir, vocab, preset, listing.records))
             bad += int((out["status"] != OK).sum())
         log.info("%s cache: %d clips (%d rejected)", mode, len(todo), bad)
         return {"clips": done + len(todo) - bad, "rejects": rejected + bad}

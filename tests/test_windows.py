@@ -201,3 +201,19 @@ class TestSyntheticWorld:
             dist = np.minimum(np.abs(patch - color).sum(1), np.abs(patch - color * 0.45).sum(1))
             assert dist.min() < 60
             assert gt["fixations"][k].sum() > 0
+
+
+def test_holdout_is_stratified_seeded_and_never_takes_a_whole_tag():
+    from factory.feature_cache import holdout_keys
+
+    recs = [ClipRecord(f"{t}{i}", f"/x/{t}{i}.mp4", (t,)) for t in "abc" for i in range(5)]
+    recs.append(ClipRecord("lonely", "/x/l.mp4", ("d",)))  # a tag with one clip stays in training
+    held = holdout_keys(recs, 0.3, seed=0)
+    # round(0.3 * 5) = 2 per tag of five clips, none from the single-clip tag
+    assert sorted(k[0] for k in held) == ["a", "a", "b", "b", "c", "c"]
+    assert holdout_keys(list(reversed(recs)), 0.3, seed=0) == held  # order-independent
+    assert holdout_keys(recs, 0.3, seed=1) != held  # the seed chooses
+    # a tiny fraction still holds out one clip per tag; a large one never all of them
+    assert len(holdout_keys(recs, 0.01, seed=0)) == 3
+    assert len(holdout_keys(recs, 0.99, seed=0)) == 12
+    assert holdout_keys(recs, 0.0, seed=0) == []
