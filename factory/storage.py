@@ -49,6 +49,21 @@ def parent(uri: str) -> str:
     return os.path.dirname(os.path.abspath(uri))
 
 
+def ray_storage(uri: str) -> tuple[str, object | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train / Tune run configs: local
+    paths as they are; ``s3://`` as a pyarrow S3 filesystem that honours the standard
+    ``AWS_ENDPOINT_URL`` (an S3-compatible store) and the path inside it."""
+    if not uri.startswith("s3://"):
+        return uri, None
+    import pyarrow.fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {"endpoint_override": endpoint} if endpoint else {}
+    if os.environ.get("AWS_DEFAULT_REGION"):
+        kwargs["region"] = os.environ["AWS_DEFAULT_REGION"]
+    return uri.removeprefix("s3://"), pyarrow.fs.S3FileSystem(**kwargs)
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)

@@ -306,7 +306,10 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     )
     if storage.exists(storage.join(experiment, "tuner.pkl")):
         log.info("resuming the sweep at %s (finished trials are kept)", experiment)
-        tuner = tune.Tuner.restore(experiment, fn, resume_unfinished=True, resume_errored=True)
+        path, fs = storage.ray_storage(experiment)
+        tuner = tune.Tuner.restore(
+            path, fn, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
     else:
         tuner = tune.Tuner(
             fn,
@@ -319,7 +322,8 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
             ),
             run_config=tune.RunConfig(
                 name=opts.name,
-                storage_path=storage_path,
+                storage_path=storage.ray_storage(storage_path)[0],
+                storage_filesystem=storage.ray_storage(storage_path)[1],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
