@@ -106,11 +106,26 @@ def scam_plus(
     confidences: torch.Tensor,
     class_index: torch.Tensor,
     lam: float = SCAM_LAMBDA,
+    low_res: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 8, SCAM+: the same selective fusion over the 3 fine-stage SCAM sources and the
     8 multigranularity (confidence, CAM) pairs, all in full-frame coordinates at one
-    resolution. The result is the pseudo-fixation map."""
-    return scam(cams, confidences, class_index, lam)
+    resolution. The result is the pseudo-fixation map.
+
+    ``low_res`` (B, K2, h, w), optional: the last K2 sources' CAMs before their bilinear
+    upsampling to ``cams``' size (``confidences`` then covers K1 + K2 sources). Bilinear
+    upsampling is linear with convex weights, so ``sum_k w_k up(Phi_k) = up(sum_k w_k
+    Phi_k)``: one upsample replaces K2 (the labeler's largest GPU cost before this).
+    """
+    if low_res is None:
+        return scam(cams, confidences, class_index, lam)
+    k1 = cams.shape[1]
+    weights = soft_filter(confidences, class_index[:, None].expand(-1, confidences.shape[1]))
+    w = weights.to(cams.dtype)[..., None, None]
+    low = (w[:, k1:] * low_res.to(cams.dtype)).sum(dim=1, keepdim=True)
+    up = F.interpolate(low, size=cams.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    fused = ((w[:, :k1] * cams).sum(dim=1) + up + lam) / (w.sum(dim=1) + lam)
+    return minmax_normalize(fused)
 
 
 def average_cam(cams: torch.Tensor) -> torch.Tensor:

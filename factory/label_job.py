@@ -11,6 +11,7 @@ only what is not committed (see :mod:`factory.store`); at the end it checks
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -50,7 +51,7 @@ class LabelOptions:
     ablation: bool = False
     export_png: str | None = None
     actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
-    batch_size: int = 1  # clips per labelling call
+    batch_size: int = 4  # clips per labelling call (their frames are encoded together)
     clips_per_shard: int = 16
     device: str = "auto"
     dtype: str = "auto"
@@ -119,7 +120,19 @@ class LabelActor:
         return table_to_bytes(table), {**labels.counters, "has_audio": clip.has_audio}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return to_batch([model_row(r, self.process) for r in from_batch(batch)])
+        from factory.pipeline import OK, deserialize_clip
+
+        rows = from_batch(batch)
+        clips: dict[str, DecodedClip] = {}
+        for r in rows:
+            if r["status"] == OK:
+                with contextlib.suppress(Exception):  # a bad payload is rejected by model_row
+                    clips[r["key"]] = deserialize_clip(r["key"], r["payload"])
+        try:  # the batch's frames through the encoders together (fuller GPU batches)
+            self.labeler.prepare(list(clips.values()))
+        except Exception as err:  # e.g. out of memory: fall back to clip by clip
+            log.warning("batched encoding failed (%s); encoding clip by clip", err)
+        return to_batch([model_row(r, self.process, clips.get(r["key"])) for r in rows])
 
 
 def write_label_batch(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:

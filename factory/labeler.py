@@ -98,6 +98,7 @@ class Labeler:
         for net in bundle.nets.values():
             net.to(self.device).eval()
         self._pool_features: dict[str, PoolEntries] = {}
+        self._prepared: dict[str, tuple[ClipFeatures, torch.Tensor]] = {}
 
     @property
     def encoder_passes(self) -> dict[str, int]:
@@ -112,10 +113,20 @@ class Labeler:
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 
     @torch.inference_mode()
+    def prepare(self, clips: Sequence[DecodedClip]) -> None:
+        """Encode the frames of several clips in shared batches, ahead of labelling them one
+        by one with :meth:`label` (the actor's batch; what a clip does not use is dropped
+        at the next call)."""
+        self._prepared = dict(
+            zip([c.key for c in clips], self.encoder.clips(list(clips)), strict=True)
+        )
+
+    @torch.inference_mode()
     def encode_clip(self, clip: DecodedClip) -> tuple[ClipFeatures, torch.Tensor]:
         """Step 1: features of every frame, once, plus the audio switch's decisions.
         Returns (features, normalised full-size frames)."""
-        feats, frames = self.encoder.clip(clip)
+        prepared = self._prepared.pop(clip.key, None)
+        feats, frames = prepared if prepared is not None else self.encoder.clip(clip)
         if clip.has_audio:
             feats["gate"] = self._switch(feats["F5"], feats["audio"])
         else:
@@ -279,10 +290,10 @@ class Labeler:
                 cams_f.append(eq.paste_back(eq.class_activation_map(maps, idx), boxes, size))
                 confs_f.append(conf)
             cams_f_t, confs_f_t = torch.stack(cams_f, 1), for_tag(torch.stack(confs_f, 1), others)
-            cams_p, confs_p = [], []
+            cams_p, confs_p = [], []  # the + CAMs stay at their own resolution (Eq. 8 below)
             for n, term in PLUS_PAIRS:
                 if n == "SA+" and not has_audio:
-                    cams_p.append(zeros_map)
+                    cams_p.append(torch.zeros_like(cams_p[0]))
                     confs_p.append(no_conf)
                     continue
                 cache_key = (n, term, tag if term == "cross" else None)
@@ -293,12 +304,13 @@ class Labeler:
                         counters["cross_missing"] += int((~valid).sum())
                     plus_cache[cache_key] = (maps, conf * valid[:, None])
                 maps, conf = plus_cache[cache_key]
-                cams_p.append(self._cam(maps, i, size))
+                cams_p.append(eq.class_activation_map(maps, idx))
                 confs_p.append(conf)
-            all_cams = torch.cat([cams_f_t, torch.stack(cams_p, 1)], dim=1)
             all_confs = torch.cat([confs_f_t, for_tag(torch.stack(confs_p, 1), others)], dim=1)
             selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
-            per_tag_maps.append(eq.scam_plus(all_cams, all_confs, idx))
+            per_tag_maps.append(
+                eq.scam_plus(cams_f_t, all_confs, idx, low_res=torch.stack(cams_p, 1))
+            )
             per_tag_weight.append(selected.sum(1))
             per_tag_conf.append(selected)
             boxes_all.append(boxes)

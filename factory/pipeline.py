@@ -158,15 +158,19 @@ def decode_batch(
 
 
 def model_row(
-    row: dict[str, Any], process: Callable[[DecodedClip, ClipRecord], tuple[bytes, dict]]
+    row: dict[str, Any],
+    process: Callable[[DecodedClip, ClipRecord], tuple[bytes, dict]],
+    clip: DecodedClip | None = None,
 ) -> dict[str, Any]:
-    """Run a model stage on one decoded row: ``process`` returns (payload, info)."""
+    """Run a model stage on one decoded row: ``process`` returns (payload, info).
+    ``clip``: the row's payload already deserialised."""
     if row["status"] != OK:
         return row
     record = ClipRecord.from_row(json.loads(row["record"]))
     t0 = time.perf_counter()
     try:
-        clip = deserialize_clip(row["key"], row["payload"])
+        if clip is None:
+            clip = deserialize_clip(row["key"], row["payload"])
         payload, info = process(clip, record)
         info["seconds"] = time.perf_counter() - t0
         return {**row, "payload": payload, "info": json.dumps(info)}

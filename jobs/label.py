@@ -53,7 +53,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         default=None,
         help="labelling actors (default: one per GPU, else CPUs - 1)",
     )
-    p.add_argument("--batch-size", type=int, default=1, help="clips per labelling call")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="clips per labelling call; their frames go through the encoders together",
+    )
     p.add_argument("--clips-per-shard", type=int, default=16, help="clips per output Parquet shard")
     p.add_argument(
         "--device", default="auto", help="torch device of the actors (auto: cuda if present)"

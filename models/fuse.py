@@ -39,6 +39,8 @@ class AudioLift(nn.Module):
         x = F.relu(self.project(audio))[:, :, None, None]
         x = self.deconv2(F.relu(self.deconv1(x)))
         if tuple(x.shape[-2:]) != tuple(size):
+            if x.is_cuda:  # the NCHW bilinear kernel took 8 ms here on an H100, NHWC 0.2 ms
+                x = x.contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x
 

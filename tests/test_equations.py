@@ -95,6 +95,21 @@ class TestSCAM:
             out.shape == (2, 5, 5) and out.min() >= 0 and out.max() <= 1 and not out.isnan().any()
         )
 
+    def test_scam_plus_upsampling_once_equals_upsampling_each_source(self):
+        # the labeler's form (the + CAMs fused at their own 8x8 grid, one upsample) is
+        # Eq. 8 over the 11 full-size CAMs, because bilinear upsampling is linear
+        torch.manual_seed(2)
+        fine, low = torch.rand(3, 3, 24, 40), torch.rand(3, 8, 8, 8)
+        conf = torch.rand(3, 11, 4)
+        conf[0, :, 1] = 2.0  # frame 0: no source ranks its tag (0) first: all zeros
+        up = torch.nn.functional.interpolate(
+            low, size=(24, 40), mode="bilinear", align_corners=False
+        )
+        idx = torch.tensor([0, 3, 2])
+        expected = eq.scam_plus(torch.cat([fine, up], 1), conf, idx)
+        got = eq.scam_plus(fine, conf, idx, low_res=low)
+        assert torch.allclose(got, expected, atol=1e-5) and got[0].abs().max() == 0
+
     def test_average_cam_eq22(self):
         cams = torch.stack([t([[0.0, 0.3]]), t([[0.6, 0.3]]), t([[0.3, 0.3]])])[None]
         assert torch.allclose(eq.average_cam(cams)[0], t([[0.3, 0.3]]))
