@@ -251,8 +251,8 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
     ray.shutdown()
     for actors in (1, 2):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        for _ in range(2):
-            cluster.add_node(num_cpus=max(1, cpus // 2))
+        for _ in range(2):  # one actor each, plus a CPU for its node's decode and write tasks
+            cluster.add_node(num_cpus=max(1, cpus // 2) + 1)
         init_ray(address=cluster.address)
         rows[f"actors_{actors}"] = [
             label_job_rate(
@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows["floor"] = timed(lambda: floor_pass(labeler, clips, 3), args.repeats, device)
     rows["floor_1crop"] = timed(lambda: floor_pass(labeler, clips, 1), args.repeats, device)
     rows["labeler"] = timed(lambda: label_pass(labeler, decoded), args.repeats, device)
+    labeler.encoder.passes = dict.fromkeys(labeler.encoder.passes, 0)
+    label_pass(labeler, decoded)  # one counted pass: encoder passes per target frame
+    passes = dict(labeler.encoder.passes)
     if args.profile:
         write_profile(labeler, decoded, args.profile)
     if not args.skip_naive:
@@ -392,8 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": {k: stats(v) for k, v in rows.items()},
         "ratios": ratios,
         "encoder_passes_per_target": {
-            k: v / max(1, labeler.encoder_passes["coarse"])
-            for k, v in labeler.encoder_passes.items()
+            k: v / sum(c.frames.shape[0] for c in clips) for k, v in passes.items()
         },
     }
     names = {

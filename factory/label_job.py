@@ -42,6 +42,9 @@ class AccountingError(RuntimeError):
     pass
 
 
+WRITE_CPUS = 0.25  # per writer task
+
+
 @dataclass
 class LabelOptions:
     corpus: str
@@ -247,6 +250,19 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             if gpus_per_actor > 0
             else max(1, int(cluster_cpus()) - 1)
         )
+        needed = actors * opts.actor_cpus + opts.decode_cpus + WRITE_CPUS
+        if needed > cluster_cpus():  # an autoscaling cluster may still grow: warn, go on
+            log.warning(
+                "label stage: %d actor(s) x %.2g CPU + decode %.2g + write %.2g = %.2g CPUs, but "
+                "the cluster has %.0f now: decoding waits until CPUs are added. Remedy: fewer "
+                "--actors, a smaller --actor-cpus, or more CPUs",
+                actors,
+                opts.actor_cpus,
+                opts.decode_cpus,
+                WRITE_CPUS,
+                needed,
+                cluster_cpus(),
+            )
         pool = build_label_pool(listing.records, bundle.preset)
         rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -274,7 +290,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         ds = ds.map_batches(
             write_label_batch,
             batch_size=opts.clips_per_shard,
-            num_cpus=0.25,
+            num_cpus=WRITE_CPUS,
             fn_kwargs={"root": opts.out},
         )
         log.info(

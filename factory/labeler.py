@@ -142,7 +142,7 @@ class Labeler:
         if raw is None or len(raw) == 0:
             self._pool_features[tag] = PoolEntries([], {})
             return self._pool_features[tag]
-        groups = torch.from_numpy(raw.arrays["frames"]).to(self.device)  # (E, 3, H, W, 3)
+        groups = torch.from_numpy(np.array(raw.arrays["frames"])).to(self.device)  # (E, 3, H, W, 3)
         e = groups.shape[0]
         images = resize_square(normalize_frames(groups.flatten(0, 1)), self.frames_cfg.coarse_size)
         enc = self.encoder.images(images, plus=True, kind="pool")

@@ -296,7 +296,6 @@ class DistillOptions:
     out: str
     bundle: str | None = None  # teacher bundle (default: the one the pseudo dataset records)
     epochs: int | None = None
-    gt: str | None = None  # ground truth to also score the held-out split against
     local: bool = False
     address: str | None = None
     fusion: str = FUSION_DEFAULT
