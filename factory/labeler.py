@@ -148,7 +148,7 @@ class Labeler:
         enc = self.encoder.images(images, plus=True, kind="pool")
         plus = enc["plus"].reshape(e, 3, *enc["plus"].shape[1:])
         f5_centre = enc["F5"].reshape(e, 3, *enc["F5"].shape[1:])[:, 1]
-        has_audio = torch.from_numpy(raw.arrays["has_audio"]).to(self.device).bool()
+        has_audio = torch.from_numpy(np.array(raw.arrays["has_audio"])).to(self.device).bool()
         audio = self.encoder.audio(raw.arrays["audio"]) * has_audio[:, None]
         gate = self._switch(f5_centre, audio) * has_audio
         entries = PoolEntries(list(raw.keys), {"plus": plus, "audio": audio, "gate": gate})
