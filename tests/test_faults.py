@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from faults import MULTINODE_DRIVER, CuttableProxy, kill_all, pids_matching, wait_for_shards
-from test_label import held_out_manifest, label_cmd, rows_of
+from test_label import held_out_manifest, rows_of, run_label_cli, start_label_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -26,15 +26,7 @@ def reference(tiny_bundle, heldout_corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fault_reference")
     manifest = held_out_manifest(heldout_corpus, tmp)
     out = str(tmp / "reference")
-    res = subprocess.run(
-        label_cmd(manifest, tiny_bundle["bundle"], out),
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_label_cli(manifest, tiny_bundle["bundle"], out, ENV)
     keys, maps = rows_of(out)
     rejects = sorted(pq.read_table(os.path.join(out, "rejects.parquet"))["input"].to_pylist())
     return {"manifest": manifest, "keys": keys, "maps": maps, "rejects": rejects}
@@ -60,31 +52,14 @@ def assert_same_as_reference(out, reference):
 @pytest.mark.slow
 def test_labelling_actor_killed_mid_run(tiny_bundle, reference, tmp_path):
     out = str(tmp_path / "out")
-    proc = subprocess.Popen(
-        label_cmd(reference["manifest"], tiny_bundle["bundle"], out),
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_label_cli(reference["manifest"], tiny_bundle["bundle"], out, ENV)
     assert wait_for_shards(os.path.join(out, "shards"), 1, proc)
     victims = pids_matching("LabelActor")
     assert victims, "no labelling actor process found"
     kill_all(victims)
     stdout, _ = proc.communicate(timeout=900)
     if proc.returncode != 0:  # the run may fail loudly; the rerun must then finish cleanly
-        res = subprocess.run(
-            label_cmd(reference["manifest"], tiny_bundle["bundle"], out),
-            cwd=REPO,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
-        stdout = res.stdout
+        stdout = run_label_cli(reference["manifest"], tiny_bundle["bundle"], out, ENV).stdout
     assert "accounting: inputs" in stdout
     assert_same_as_reference(out, reference)
 
@@ -133,15 +108,7 @@ def test_s3_unreachable_mid_write(tiny_bundle, reference, s3_server, s3_bucket, 
     fs = s3fs.S3FileSystem(endpoint_url=s3_server["endpoint"])
     bucket = s3_bucket.removeprefix("s3://")
     try:
-        proc = subprocess.Popen(
-            label_cmd(reference["manifest"], tiny_bundle["bundle"], out),
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        proc = start_label_cli(reference["manifest"], tiny_bundle["bundle"], out, env)
         deadline = time.time() + 600
         while time.time() < deadline and not fs.glob(f"{bucket}/out/shards/*.parquet"):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -157,15 +124,7 @@ def test_s3_unreachable_mid_write(tiny_bundle, reference, s3_server, s3_bucket, 
             stdout, _ = proc.communicate()
         if proc.returncode != 0:
             assert "Traceback" in stdout or "error" in stdout.lower()  # it failed loudly
-            res = subprocess.run(
-                label_cmd(reference["manifest"], tiny_bundle["bundle"], out),
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            assert res.returncode == 0, res.stderr[-3000:]
+            run_label_cli(reference["manifest"], tiny_bundle["bundle"], out, env)
         local = tmp_path / "copy"
         fs.invalidate_cache()
         fs.get(f"{bucket}/out/", str(local), recursive=True)

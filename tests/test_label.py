@@ -210,6 +210,35 @@ def label_cmd(manifest, bundle, out):
     ]
 
 
+def run_label_cli(manifest, bundle, out, env=None):
+    """jobs/label.py in a subprocess, as a user runs it; returns the CompletedProcess
+    after checking it succeeded."""
+    env = env or {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    res = subprocess.run(
+        label_cmd(manifest, bundle, out),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def start_label_cli(manifest, bundle, out, env=None):
+    """jobs/label.py started in its own session (to be killed mid-run); output piped."""
+    return subprocess.Popen(
+        label_cmd(manifest, bundle, out),
+        cwd=REPO,
+        env=env or {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def rows_of(out):
     t = pq.read_table(os.path.join(out, "shards"), columns=["video_id", "frame_index", "map"])
     keys = list(zip(t["video_id"].to_pylist(), t["frame_index"].to_pylist(), strict=True))
@@ -224,15 +253,7 @@ def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, heldout_corpus, tm
     manifest = held_out_manifest(heldout_corpus, tmp_path, bad_inputs=True)
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     reference = str(tmp_path / "reference")
-    done = subprocess.run(
-        label_cmd(manifest, tiny_bundle["bundle"], reference),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_label_cli(manifest, tiny_bundle["bundle"], reference, env)
     out = str(tmp_path / "killed")
     proc = subprocess.Popen(
         label_cmd(manifest, tiny_bundle["bundle"], out),
@@ -254,15 +275,7 @@ def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, heldout_corpus, tm
     proc.wait()
     partial = len([f for f in os.listdir(shards) if f.endswith(".parquet")])
     assert not os.path.exists(os.path.join(out, "_manifest.json"))
-    again = subprocess.run(
-        label_cmd(manifest, tiny_bundle["bundle"], out),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = run_label_cli(manifest, tiny_bundle["bundle"], out, env)
     assert "accounting: inputs" in again.stdout
     ref_keys, ref_maps = rows_of(reference)
     keys, maps = rows_of(out)
