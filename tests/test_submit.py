@@ -60,6 +60,13 @@ def test_label_job_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path
                 "--include-dashboard=true",
                 "--num-cpus=2",
                 f"--temp-dir={temp_dir}",
+                # Ports of its own: the test session's local Ray may already hold the
+                # defaults (the dashboard agent's 52365 above all, which runs the job).
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 "--disable-usage-stats",
             ],
             env=env,
