@@ -22,7 +22,7 @@ def test_train_job_on_ray(tmp_path, ray_session):
         corpus=str(tmp_path / "corpus" / "manifest.csv"),
         out=str(tmp_path / "bundle"),
         epochs=4,
-        pretrain_epochs=6,
+        pretrain_epochs=15,  # 6 left seed 31 at chance on held-out clips, 15 gives 0.5-0.9
         inject_failure="S:1",  # SIGKILL the S net's worker once, after its epoch 1
         overrides={"holdout_fraction": 0.3},
     )
