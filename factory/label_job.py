@@ -296,35 +296,42 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         log.info(
             "labelling %d clips with %d actor(s) (%s GPU each)", len(todo), actors, gpus_per_actor
         )
-        t0 = time.time()
-        last = t0
-        rejected = 0
-        for done, row in enumerate(ds.iter_rows(), start=1):
-            if row["status"] == OK:
-                new_frames += int(row["n_frames"])
-                for k, v in json.loads(row["info"]).items():
-                    if isinstance(v, int) and not isinstance(v, bool):
-                        counters[k] = counters.get(k, 0) + v
-            else:
-                rejected += 1
-                log.warning("reject %s: %s", row["key"], row["reason"])
-            if time.time() - last > PROGRESS_EVERY_S or done == len(todo):
-                el = time.time() - t0
-                log.info(
-                    "progress: %d/%d clips, %d frames, %.1f frames/s, %d rejected",
-                    done,
-                    len(todo),
-                    new_frames,
-                    new_frames / max(el, 1e-9),
-                    rejected,
-                )
-                last = time.time()
-        label_s = time.time() - t0
+        new_frames, counters, label_s = consume(ds, len(todo))
 
     summary = finish(
         opts, listing, store, bundle, new_frames, len(todo), label_s, counters, t_start
     )
     return summary
+
+
+def consume(ds: Any, total: int) -> tuple[int, dict[str, int], float]:
+    """Run a decode -> actor -> write dataset to the end (the label and predict jobs):
+    logs progress every ``PROGRESS_EVERY_S`` and every reject; returns (frames committed,
+    the summed integer counters of the rows' ``info``, seconds)."""
+    t0 = last = time.time()
+    frames = rejected = 0
+    counters: dict[str, int] = {}
+    for done, row in enumerate(ds.iter_rows(), start=1):
+        if row["status"] == OK:
+            frames += int(row["n_frames"])
+            for k, v in json.loads(row.get("info") or "{}").items():
+                if isinstance(v, int) and not isinstance(v, bool):
+                    counters[k] = counters.get(k, 0) + v
+        else:
+            rejected += 1
+            log.warning("reject %s: %s", row["key"], row["reason"])
+        if time.time() - last > PROGRESS_EVERY_S or done == total:
+            el = time.time() - t0
+            log.info(
+                "progress: %d/%d clips, %d frames, %.1f frames/s, %d rejected",
+                done,
+                total,
+                frames,
+                frames / max(el, 1e-9),
+                rejected,
+            )
+            last = time.time()
+    return frames, counters, time.time() - t0
 
 
 def finish(

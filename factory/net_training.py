@@ -54,9 +54,24 @@ def load_switch_labels(uri: str | None) -> dict[str, dict[str, torch.Tensor]]:
 def build_trainable(
     name: str, preset: Preset, vocab: list[str], pool: PoolSource, device: torch.device
 ) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer, int]:
-    """(net, task, optimizer, epochs) of a bundle net, or of ``encoders`` (pretraining)."""
+    """(net, task, optimizer, epochs) of a bundle net, of ``encoders`` (pretraining) or of
+    a student (``STA``, ``STA+short``, ``STA+long``)."""
     from factory.pretrain import EncoderPretrainNet, PretrainTask
     from factory.training import NetTask
+    from models.registry import STUDENTS, build_student
+
+    if name in STUDENTS:
+        from factory.students_job import StudentTask
+
+        net = build_student(name, preset.encoders, preset.cgcn).to(device)
+        optimizer = torch.optim.SGD(
+            net.parameters(),
+            lr=preset.train.student_lr,
+            momentum=preset.train.momentum,
+            nesterov=True,
+            weight_decay=preset.train.student_weight_decay,
+        )
+        return net, StudentTask(name, preset), optimizer, preset.train.epochs
 
     if name == "encoders":
         from factory.weights import build_encoders

@@ -43,30 +43,22 @@ from factory.bundle import Bundle, build_nets
 from factory.config import Preset, from_dict
 from factory.config import preset as get_preset
 from factory.corpus import ClipRecord, Listing, read_corpus
+from factory.executors import LocalExecutor, RayExecutor
 from factory.feature_cache import (
-    batch_rows,
     cache_files,
-    cache_row,
     cached_keys,
     encode_blob,
-    holdout_keys,
     read_cache_rows,
     rows_to_clips,
-    write_cache,
 )
-from factory.pipeline import OK, decode_batch, deserialize_clip, from_batch
-from factory.rejects import ClipError, Reject
+from factory.pipeline import OK, deserialize_clip, from_batch
+from factory.rejects import ClipError
 
 log = logging.getLogger(__name__)
 
 COARSE_NETS = ("switch", "S", "ST", "SA", "S+", "ST+", "SA+")
 FINE_NETS = ("S_fine", "ST_fine", "SA_fine")
 TAGGER_FOLDS = ("audio@fold0", "audio@fold1")
-CLIPS_PER_READ = 4  # cache rows per Ray Data batch in the trainers
-SHUFFLE_CLIPS = 16  # local shuffle buffer of the trainers' data iterators
-DATA_TASK_CPUS = 0.05  # read tasks of the trainers' datasets: tiny, so trainers never starve them
-TRIAL_DRIVER_CPUS = 0.001  # a Tune trial here only launches a TorchTrainer and waits
-DATA_RESERVE_CPUS = 1.0  # kept free for the trainers' Ray Data tasks
 
 
 @dataclass
@@ -259,60 +251,6 @@ def _local_copy(uri: str) -> str:
     return path
 
 
-def write_cache_batch(
-    batch: dict[str, np.ndarray], cache_dir: str, vocabulary: list[str], holdout: list[str]
-) -> dict[str, np.ndarray]:
-    """Ray Data function: commit a batch of cache rows (train and holdout roles in their
-    own folders) and the batch's rejects."""
-    rows = {"train": [], "holdout": []}
-    held_out = set(holdout)
-    rejects = []
-    for r in from_batch(batch):
-        rec = ClipRecord.from_row(json.loads(r["record"]))
-        if r["status"] != OK:
-            rejects.append(
-                Reject(
-                    r["key"],
-                    r["stage"],
-                    r["reason"],
-                    r["remedy"],
-                    storage.redact(rec.uri),
-                    rec.split,
-                )
-            )
-            continue
-        info = json.loads(r["info"])
-        role = "holdout" if rec.key in held_out else "train"
-        rows[role].append(
-            cache_row(
-                rec,
-                [vocabulary.index(t) for t in rec.tags],
-                role,
-                info["has_audio"],
-                info["n_frames"],
-                r["payload"],
-            )
-        )
-    for role, items in rows.items():
-        write_cache(items, [], storage.join(cache_dir, role))
-    write_cache([], rejects, cache_dir)
-    return {"key": batch["key"], "status": batch["status"]}
-
-
-def cache_todo(listing: Listing, cache_dir: str) -> tuple[list[ClipRecord], int, int]:
-    """Clips still to cache (resumable: cached or rejected clips are skipped)."""
-    done = set()
-    for role in ("train", "holdout"):
-        keys, _ = cached_keys(storage.join(cache_dir, role))
-        done |= keys
-    _, rejected = cached_keys(cache_dir)
-    return (
-        [r for r in listing.records if r.key not in done and r.key not in rejected],
-        len(done),
-        len(rejected),
-    )
-
-
 def cache_actor_kwargs(
     mode: str, preset: Preset, vocabulary: list[str], run: str, opts: TrainOptions
 ) -> dict[str, Any]:
@@ -324,155 +262,6 @@ def cache_actor_kwargs(
         "tagger": opts.audio_tagger if mode == "features" else None,
         "tagger_classes": opts.audio_tagger_classes,
     }
-
-
-def cache_writer_kwargs(
-    cache_dir: str, vocabulary: list[str], preset: Preset, records: list[ClipRecord]
-) -> dict[str, Any]:
-    """Arguments of :func:`write_cache_batch`; the held-out clips are chosen from the whole
-    listing (not the clips still to do) so a resumed run holds out the same clips."""
-    return {
-        "cache_dir": cache_dir,
-        "vocabulary": vocabulary,
-        "holdout": holdout_keys(records, preset.train.holdout_fraction, preset.train.seed),
-    }
-
-
-# ---------------------------------------------------------------- the train loop
-
-
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train loop for one net (every rank runs it): data from the dataset shards,
-    checkpoints through ``ray.train.report``; the training itself is
-    :func:`factory.net_training.train_net`."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    from factory.net_training import train_net
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
-    seed = from_dict(config["preset"]).train.seed
-    train_shard = ray.train.get_dataset_shard("train")
-
-    def train_rows(epoch: int) -> Any:
-        for batch in train_shard.iter_batches(
-            batch_size=CLIPS_PER_READ,
-            batch_format="numpy",
-            local_shuffle_buffer_size=SHUFFLE_CLIPS,
-            local_shuffle_seed=seed + epoch,
-        ):
-            yield from batch_rows(batch)
-
-    def val_rows() -> Any:
-        shard = ray.train.get_dataset_shard("val")
-        for batch in (
-            shard.iter_batches(batch_size=CLIPS_PER_READ, batch_format="numpy")
-            if shard is not None
-            else []
-        ):
-            yield from batch_rows(batch)
-
-    def save(state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            if state is not None:
-                torch.save(state, os.path.join(d, "state.pt"))
-            ray.train.report(
-                {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
-                checkpoint=Checkpoint.from_directory(d) if state is not None else None,
-            )
-
-    has_val = "val" in config.get("datasets", [])
-    train_net(
-        config,
-        train_rows,
-        val_rows if has_val else None,
-        device,
-        state,
-        save,
-        rank,
-        ray.train.torch.prepare_model if world > 1 else None,
-    )
-
-
-# ---------------------------------------------------------------- the Tune driver
-
-
-def net_trial(config: dict[str, Any]) -> None:
-    """Ray Tune trial function: build and fit one net's TorchTrainer."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    name = config["net"]
-    common = config["common"]
-    files = {role: common["cache"][role] for role in ("train", "holdout")}
-    datasets = {}
-    for split, role in (("train", "train"), ("val", "holdout")):
-        if files[role]:
-            datasets[split] = ray.data.read_parquet(
-                files[role],
-                ray_remote_args={"num_cpus": DATA_TASK_CPUS},
-                override_num_blocks=max(1, len(files[role])),
-            )
-    if name.startswith("audio@"):  # the taggers train on train-role clips only, split by fold
-        datasets.pop("val", None)
-    loop_config = {
-        **{k: v for k, v in common.items() if k != "cache"},
-        "net": name,
-        "datasets": sorted(datasets),
-    }
-    resources = {"CPU": common["cpus_per_worker"]}
-    if common["gpus_per_net"] > 0:
-        resources["GPU"] = common["gpus_per_net"] / common["workers_per_net"]
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=common["workers_per_net"],
-            use_gpu=common["gpus_per_net"] > 0,
-            resources_per_worker=resources,
-        ),
-        run_config=RunConfig(
-            name=name.replace("+", "plus").replace("@", "-"),
-            storage_path=storage.ray_storage(common["checkpoints"])[0],
-            storage_filesystem=storage.ray_storage(common["checkpoints"])[1],
-            failure_config=FailureConfig(max_failures=common["max_failures"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    trainer.fit()
-
-
-def _latest_state(run_path: str) -> dict[str, Any] | None:
-    ckpts = [
-        d
-        for d in storage.listdir(run_path)
-        if d.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
-    ]
-    best = None
-    for d in ckpts:
-        uri = storage.join(d, "state.pt")
-        if storage.exists(uri):
-            state = torch.load(
-                __import__("io").BytesIO(storage.read_bytes(uri)),
-                map_location="cpu",
-                weights_only=False,
-            )
-            if best is None or state["epoch"] > best["epoch"]:
-                best = state
-    return best
 
 
 # ---------------------------------------------------------------- switch labels
@@ -502,235 +291,6 @@ def switch_label_table(cache_dir: str, taggers: dict[str, torch.nn.Module]) -> A
 
 
 # ---------------------------------------------------------------- the job
-
-
-def net_dir(checkpoints: str, name: str) -> str:
-    return storage.join(checkpoints, name.replace("+", "plus").replace("@", "-"))
-
-
-def collect_states(
-    names: tuple[str, ...], phase: str, checkpoints: str
-) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name in names:
-        state = _latest_state(net_dir(checkpoints, name))
-        if state is None:
-            raise RuntimeError(
-                f"{phase}: net {name} left no checkpoint under {net_dir(checkpoints, name)}"
-            )
-        out[name] = state
-    return out
-
-
-class RayExecutor:
-    """Each phase on the Ray cluster: caches with Ray Data (decode tasks, an encoder actor
-    pool, writer tasks), nets with one TorchTrainer each under a Tune grid."""
-
-    name = "ray"
-
-    def __init__(self, opts: TrainOptions) -> None:
-        from factory.raycluster import init_ray
-
-        self.opts = opts
-        init_ray(opts.address)
-
-    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
-        import ray
-
-        return {tag: ray.put(e) for tag, e in entries.items()}
-
-    def build_cache(
-        self,
-        mode: str,
-        listing: Listing,
-        cache_dir: str,
-        preset: Preset,
-        vocab: list[str],
-        run: str,
-    ) -> dict[str, int]:
-        import ray
-        from ray.data import ActorPoolStrategy
-
-        from factory.raycluster import cluster_cpus, cluster_gpus
-
-        todo, done, rejected = cache_todo(listing, cache_dir)
-        if not todo:
-            log.info("%s cache complete (%d clips, %d rejects)", mode, done, rejected)
-            return {"clips": done, "rejects": rejected}
-        gpus = cluster_gpus()
-        actors = self.opts.encode_actors or (
-            max(1, int(gpus)) if gpus >= 1 else max(1, int(cluster_cpus()) - 1)
-        )
-        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(
-            decode_batch, batch_size=1, num_cpus=0.5, fn_kwargs={"preset_json": preset.to_json()}
-        )
-        ds = ds.map_batches(
-            CacheActor,
-            batch_size=1,
-            compute=ActorPoolStrategy(size=actors),
-            num_cpus=1.0,
-            num_gpus=1.0 if gpus >= 1 else 0.0,
-            fn_constructor_kwargs=cache_actor_kwargs(mode, preset, vocab, run, self.opts),
-        )
-        ds = ds.map_batches(
-            write_cache_batch,
-            batch_size=8,
-            num_cpus=0.25,
-            fn_kwargs=cache_writer_kwargs(cache_dir, vocab, preset, listing.records),
-        )
-        t0 = time.time()
-        n = bad = 0
-        for row in ds.iter_rows():
-            n += 1
-            bad += row["status"] != OK
-        log.info("%s cache: %d clips in %.1f s (%d rejected)", mode, n, time.time() - t0, bad)
-        return {"clips": done + n - bad, "rejects": rejected + bad}
-
-    def fit_nets(
-        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
-    ) -> dict[str, dict[str, Any]]:
-        """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
-        from ray import tune
-
-        from factory.raycluster import cluster_cpus
-
-        opts = self.opts
-        # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
-        # feed the trainers (on 2 CPUs, trainers that took every CPU starved their own
-        # data); the rest is shared by the nets of the phase, so all of them run at once.
-        cpus = cluster_cpus()
-        trainer_cpus = max(cpus - DATA_RESERVE_CPUS, 0.1 * len(names))
-        per_worker = opts.cpus_per_worker or max(
-            0.01, round(trainer_cpus / (len(names) * max(opts.workers_per_net, 1)) - 0.005, 3)
-        )
-        concurrent = opts.max_concurrent or max(
-            1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
-        )
-        common = {
-            **common,
-            "cpus_per_worker": per_worker,
-            "workers_per_net": opts.workers_per_net,
-            "gpus_per_net": opts.gpus_per_net,
-            "max_failures": opts.max_failures,
-        }
-        log.info(
-            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
-            phase,
-            ", ".join(names),
-            concurrent,
-            per_worker,
-        )
-        tuner = tune.Tuner(
-            tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-            param_space={"net": tune.grid_search(list(names)), "common": common},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(
-                name=f"{phase}-{int(time.time())}",
-                storage_path=storage.ray_storage(common["tune_dir"])[0],
-                storage_filesystem=storage.ray_storage(common["tune_dir"])[1],
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=1),
-            ),
-        )
-        for result in tuner.fit():
-            if result.error:
-                raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
-        return collect_states(names, phase, common["checkpoints"])
-
-
-class LocalExecutor:
-    """Each phase in this process, plain PyTorch, no Ray (for a GPU box without Ray, and
-    for fast tests): the same cache files, the same per-net training
-    (:func:`factory.net_training.train_net`), the same checkpoint folders, one net
-    after another."""
-
-    name = "local"
-
-    def __init__(self, opts: TrainOptions) -> None:
-        self.opts = opts
-
-    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
-        return entries
-
-    def build_cache(
-        self,
-        mode: str,
-        listing: Listing,
-        cache_dir: str,
-        preset: Preset,
-        vocab: list[str],
-        run: str,
-    ) -> dict[str, int]:
-        from factory.pipeline import decode_row, to_batch
-
-        todo, done, rejected = cache_todo(listing, cache_dir)
-        if not todo:
-            return {"clips": done, "rejects": rejected}
-        actor = CacheActor(**cache_actor_kwargs(mode, preset, vocab, run, self.opts))
-        bad = 0
-        for start in range(0, len(todo), 8):
-            rows = [
-                decode_row(
-                    {"key": r.key, "record": json.dumps(r.to_row())},
-                    preset.frames,
-                    preset.spectrogram,
-                )
-                for r in todo[start : start + 8]
-            ]
-            out = actor(to_batch(rows))
-            write_cache_batch(out, **cache_writer_kwargs(cache_dir, vocab, preset, listing.records))
-            bad += int((out["status"] != OK).sum())
-        log.info("%s cache: %d clips (%d rejected)", mode, len(todo), bad)
-        return {"clips": done + len(todo) - bad, "rejects": rejected + bad}
-
-    def fit_nets(
-        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
-    ) -> dict[str, dict[str, Any]]:
-        from factory.encoding import resolve_device
-        from factory.net_training import train_net
-        from factory.store import read_parquet
-
-        device = resolve_device("auto")
-        files = common["cache"]
-        for name in names:
-            folder = net_dir(common["checkpoints"], name)
-            storage.makedirs(folder)
-
-            def train_rows(epoch: int) -> Any:
-                for f in files["train"]:
-                    yield from read_parquet(f).to_pylist()
-
-            def val_rows() -> Any:
-                for f in files["holdout"]:
-                    yield from read_parquet(f).to_pylist()
-
-            def save(
-                state: dict[str, Any] | None, metrics: dict[str, Any], folder: str = folder
-            ) -> None:
-                if state is None:
-                    return
-                storage.save_torch(
-                    state,
-                    storage.join(folder, f"checkpoint_local_{state['epoch']:05d}", "state.pt"),
-                )
-                for old in sorted(d for d in storage.listdir(folder) if "checkpoint_local_" in d)[
-                    :-2
-                ]:
-                    storage.remove(old)
-
-            config = {**{k: v for k, v in common.items() if k != "cache"}, "net": name}
-            log.info("%s: fitting %s in this process", phase, name)
-            train_net(
-                config,
-                train_rows,
-                val_rows if files["holdout"] else None,
-                device,
-                _latest_state(folder),
-                save,
-            )
-        return collect_states(names, phase, common["checkpoints"])
 
 
 def make_pool(
@@ -814,6 +374,17 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     def files(cache: str) -> dict[str, list[str]]:
         return {role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")}
 
+    def cache(mode: str, folder: str) -> dict[str, int]:
+        return executor.build_cache(
+            mode,
+            listing,
+            storage.join(run, folder),
+            preset,
+            vocab,
+            CacheActor,
+            cache_actor_kwargs(mode, preset, vocab, run, opts),
+        )
+
     def timed(phase: str, t: float) -> None:
         phases[phase] = time.time() - t
         log.info("phase %s done in %.0f s", phase, phases[phase])
@@ -821,7 +392,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     # 0. encoders
     if needs_pretraining(preset) and not storage.exists(storage.join(run, "encoders.pt")):
         t = time.time()
-        executor.build_cache("raw", listing, storage.join(run, "raw"), preset, vocab, run)
+        cache("raw", "raw")
         states = executor.fit_nets(
             ("encoders",), "encoders", {**common, "cache": files(storage.join(run, "raw"))}
         )
@@ -834,9 +405,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
         timed("encoders", t)
     # 1. features
     t = time.time()
-    cache_stats = executor.build_cache(
-        "features", listing, storage.join(run, "features"), preset, vocab, run
-    )
+    cache_stats = cache("features", "features")
     timed("features", t)
     # 2. switch labels
     t = time.time()
@@ -869,7 +438,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     timed("coarse_nets", t)
     # 4. fine features, 5. fine nets
     t = time.time()
-    executor.build_cache("fine", listing, storage.join(run, "features_fine"), preset, vocab, run)
+    cache("fine", "features_fine")
     timed("fine_features", t)
     t = time.time()
     fine = executor.fit_nets(

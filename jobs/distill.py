@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> None:
             local=a.local,
             address=a.address,
             fusion=a.fusion,
-            workers_per_student=a.workers_per_student,
-            gpus_per_student=a.gpus_per_student,
+            workers_per_net=a.workers_per_student,
+            gpus_per_net=a.gpus_per_student,
         )
     )
     print(f"\nstudents: {a.out}  ({meta['clips']['clips']} clips, {meta['seconds']} s)")
     for name, hist in meta["history"].items():
         last = hist[-1] if hist else {}
-        cc = last.get("accuracy")
+        cc = last.get("pseudo_cc")
         print(
             f"  {name:10s} epochs {len(hist)}  loss {last.get('loss', float('nan')):.4f}  held-out CC vs pseudo-fixations {cc if cc is None else round(cc, 3)}"
         )
