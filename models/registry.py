@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from models.classifiers import AudioSwitch, AudioTagger, PlusNet, SANet, SNet, STNet
-from models.config import CGCNConfig, EncodersConfig, HeadConfig, NetConfig, StudentConfig
+from models.config import (
+    STUDENT_GRAPH_CHANNELS,
+    CGCNConfig,
+    EncodersConfig,
+    HeadConfig,
+    NetConfig,
+    StudentConfig,
+)
 from models.encoders import Encoders
 from models.students import STA, STAPlus
 
@@ -157,7 +164,10 @@ def build_net(
 
 
 def student_config(
-    name: str, encoders: EncodersConfig, num_classes: int, cgcn: CGCNConfig | None = None
+    name: str,
+    encoders: EncodersConfig,
+    cgcn: CGCNConfig | None = None,
+    graph_channels: int = STUDENT_GRAPH_CHANNELS,
 ) -> StudentConfig:
     if name == "STA":
         ch = encoders.image.channels
@@ -166,19 +176,22 @@ def student_config(
         encoders.plus.channels,
         (0, 0, 0),
         encoders.audio.out_dim,
-        graph_channels=num_classes,
+        graph_channels=graph_channels,
         cgcn=cgcn or CGCNConfig(),
     )
 
 
 def build_student(
-    name: str, encoders: EncodersConfig, num_classes: int, cgcn: CGCNConfig | None = None
+    name: str,
+    encoders: EncodersConfig,
+    cgcn: CGCNConfig | None = None,
+    graph_channels: int = STUDENT_GRAPH_CHANNELS,
 ) -> nn.Module:
     """STA, STA+short or STA+long (the two STA+ nets share an architecture and differ in
-    the fragments they are trained on)."""
+    the fragments they are trained on). Tag-free: nothing depends on the vocabulary."""
     if name not in STUDENTS:
         raise KeyError(f"unknown student {name!r}; expected one of {STUDENTS}")
-    cfg = student_config(name, encoders, num_classes, cgcn)
+    cfg = student_config(name, encoders, cgcn, graph_channels)
     return STA(cfg) if name == "STA" else STAPlus(cfg)
 
 

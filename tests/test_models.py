@@ -87,7 +87,7 @@ def test_net_contract(name, batch, encoders, encoders_cfg):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_student_contract(name, batch, encoders, encoders_cfg):
     torch.manual_seed(0)
-    student = build_student(name, encoders_cfg, num_classes=C)
+    student = build_student(name, encoders_cfg)
     g = torch.Generator().manual_seed(0)
     if name == "STA":
         frames = torch.randn(batch, 3, 3, SIZE, SIZE, generator=g)

@@ -39,7 +39,7 @@ def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     )
     assert set(meta["history"]) == {"STA", "STA+short", "STA+long"}
     # the held-out split of the pseudo-fixations was scored every epoch
-    assert all(len(h) >= 2 and "accuracy" in h[-1] for h in meta["history"].values())
+    assert all(len(h) >= 2 and "pseudo_cc" in h[-1] for h in meta["history"].values())
     load_students(students)  # complete and loadable
 
     # tag-free prediction on a plain folder of held-out videos (no manifest, no tags)
@@ -79,12 +79,11 @@ def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     Path(tmp_path, "table6.md").write_text(students_report.table())
     for name in ("STA", "STA+ short", "STA+ long", FUSED):
         assert name in cc, cc
-    # Issue 8's bar is the fused map at 0.9 of the teacher. Measured here the STA student
-    # clears it alone, the STA+ students do not (their tiny dilated-VGG features, the ones
-    # the + teachers' CAMs reach ~0.6 CC with), and Eq. 21 averages them in: the fused map
-    # sat at 0.79-0.85 of the teacher (bench/RESULTS.md). What is asserted is what holds,
-    # with margin: STA near its teacher, every student and the fusion far above the prior.
-    assert cc["STA"] >= 0.9 * cc[TEACHER], cc
-    assert cc[FUSED] >= 0.7 * cc[TEACHER], cc
-    assert all(cc[m] >= 2 * cc[CENTER_PRIOR] for m in ("STA", "STA+ short", "STA+ long", FUSED)), cc
+    # Issue 8's bar: the fused map at 0.9 of its teacher at least, far above the centre
+    # prior. Measured here (bench/RESULTS.md): teacher 0.872, fused 0.867, STA 0.821,
+    # STA+ short 0.778, long 0.713, prior 0.097.
+    assert cc[FUSED] >= 0.9 * cc[TEACHER], cc
+    assert cc["STA"] >= 0.85 * cc[TEACHER], cc
+    assert min(cc["STA+ short"], cc["STA+ long"]) >= 0.7 * cc[TEACHER], cc
+    assert all(cc[m] >= 4 * cc[CENTER_PRIOR] for m in ("STA", "STA+ short", "STA+ long", FUSED)), cc
     print(f"fused / teacher CC: {cc[FUSED] / cc[TEACHER]:.3f}")
