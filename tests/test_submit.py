@@ -1,6 +1,7 @@
-"""Job submission for real: a local Ray head node started with ``ray start --head``, the
-label job submitted with ``ray job submit --working-dir . -- python jobs/label.py ...``,
-its output checked; only the processes this test started are stopped."""
+"""Job submission for real: a local Ray head node started with ``ray start --head``; the
+label job, then distil and predict, submitted with ``ray job submit --working-dir . --
+python jobs/<job>.py ...``, their outputs checked; only the processes this test started
+are stopped."""
 
 import contextlib
 import json
@@ -39,7 +40,7 @@ def stop_own_ray(temp_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_label_job_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path):
+def test_label_distill_predict_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path):
     # A short temp dir of its own: Ray's socket paths must stay under 108 bytes, and the
     # processes started here are found by it.
     temp_dir = tempfile.mkdtemp(prefix="pffray", dir="/tmp")
@@ -75,36 +76,69 @@ def test_label_job_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path
             text=True,
             timeout=180,
         )
-        res = subprocess.run(
-            [
-                RAY,
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{dashboard}",
-                "--working-dir",
-                ".",
-                "--",
-                "python",
-                "jobs/label.py",
-                "--corpus",
-                manifest,
-                "--bundle",
-                tiny_bundle["bundle"],
-                "--out",
-                out,
-                "--no-preview",
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
+
+        def submit(*job: str) -> str:
+            """``ray job submit --working-dir . -- python <job...>``; its output."""
+            res = subprocess.run(
+                [
+                    RAY,
+                    "job",
+                    "submit",
+                    f"--address=http://127.0.0.1:{dashboard}",
+                    "--working-dir",
+                    ".",
+                    "--",
+                    "python",
+                    *job,
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            log = res.stdout + res.stderr
+            assert res.returncode == 0, log[-4000:]
+            assert "succeeded" in log, log[-2000:]
+            assert "connected to the Ray cluster" in log  # it ran on the head, not a private Ray
+            return log
+
+        log = submit(
+            "jobs/label.py",
+            "--corpus",
+            manifest,
+            "--bundle",
+            tiny_bundle["bundle"],
+            "--out",
+            out,
+            "--no-preview",
         )
-        log = res.stdout + res.stderr
-        assert res.returncode == 0, log[-4000:]
-        assert "succeeded" in log, log[-2000:]
-        assert "connected to the Ray cluster" in log  # it ran on the head, not a private Ray
         assert "accounting: inputs" in log
+        # the students under the same head: distilled on Ray Train (one TorchTrainer per
+        # student) from the dataset just written, then tag-free prediction on the videos
+        students = str(tmp_path / "students")
+        log = submit(
+            "jobs/distill.py",
+            "--pseudo",
+            out,
+            "--corpus",
+            manifest,
+            "--out",
+            students,
+            "--epochs",
+            "2",
+        )
+        assert "STA+long" in log and "held-out CC vs pseudo-fixations" in log
+        preds = str(tmp_path / "preds")
+        submit(
+            "jobs/predict.py",
+            "--videos",
+            os.path.join(heldout_corpus[0], "videos"),
+            "--students",
+            students,
+            "--out",
+            preds,
+        )
     finally:
         stop_own_ray(temp_dir)
     assert not pids_matching(temp_dir), "Ray processes of this test left running"
@@ -114,3 +148,11 @@ def test_label_job_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path
     table = pq.read_table(os.path.join(out, "shards"), columns=["video_id", "frame_index"])
     assert len(set(table["video_id"].to_pylist())) == n_clips
     assert table.num_rows == run["summary"]["frames"]
+    meta = json.loads(Path(students, "students.json").read_text())
+    assert {n: len(h) for n, h in meta["history"].items()} == {
+        "STA": 2,
+        "STA+short": 2,
+        "STA+long": 2,
+    }
+    predicted = pq.read_table(os.path.join(preds, "shards"), columns=["video_id", "map"])
+    assert len(set(predicted["video_id"].to_pylist())) == n_clips
