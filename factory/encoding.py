@@ -115,7 +115,8 @@ class FrameEncoder:
     @torch.inference_mode()
     def audio(self, windows: np.ndarray) -> torch.Tensor:
         """(N, samples) windows -> (N, D) audio vectors."""
-        w = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)
+        # writable and contiguous (Ray hands read-only arrays; torch warns on those)
+        w = torch.from_numpy(np.require(windows, requirements=["C", "W"])).to(self.device)
         vecs = []
         for chunk in w.split(self.chunk):
             spec = self.spectrogram(chunk)
