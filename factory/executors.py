@@ -38,7 +38,7 @@ from factory.feature_cache import (
     holdout_keys,
     write_cache,
 )
-from factory.pipeline import OK, decode_batch, from_batch
+from factory.pipeline import OK, decoded_through_actors, default_actors, from_batch
 from factory.rejects import Reject
 
 log = logging.getLogger(__name__)
@@ -322,31 +322,20 @@ class RayExecutor:
     ) -> dict[str, int]:
         """Cache every clip of ``listing`` not yet cached or rejected: decode tasks, a pool
         of ``actor(**actor_kwargs)`` (decoded clip batch -> cache rows), writer tasks."""
-        import ray
-        from ray.data import ActorPoolStrategy
-
-        from factory.raycluster import cluster_cpus, cluster_gpus
+        from factory.raycluster import cluster_gpus
 
         todo, done, rejected = cache_todo(listing, cache_dir)
         if not todo:
             log.info("%s cache complete (%d clips, %d rejects)", what, done, rejected)
             return {"clips": done, "rejects": rejected}
-        gpus = cluster_gpus()
-        actors = self.opts.encode_actors or (
-            max(1, int(gpus)) if gpus >= 1 else max(1, int(cluster_cpus()) - 1)
-        )
-        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(
-            decode_batch, batch_size=1, num_cpus=0.5, fn_kwargs={"preset_json": preset.to_json()}
-        )
-        ds = ds.map_batches(
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+        ds = decoded_through_actors(
+            todo,
+            preset.to_json(),
             actor,
-            batch_size=1,
-            compute=ActorPoolStrategy(size=actors),
-            num_cpus=1.0,
-            num_gpus=1.0 if gpus >= 1 else 0.0,
-            fn_constructor_kwargs=actor_kwargs,
+            actor_kwargs,
+            self.opts.encode_actors or default_actors(gpus),
+            gpus,
         )
         ds = ds.map_batches(
             write_cache_batch,

@@ -28,7 +28,15 @@ from factory.bundle import Bundle, load_bundle
 from factory.config import Preset
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.decode import DecodedClip
-from factory.pipeline import OK, decode_batch, from_batch, model_row, to_batch, write_rows
+from factory.pipeline import (
+    OK,
+    decoded_through_actors,
+    default_actors,
+    from_batch,
+    model_row,
+    to_batch,
+    write_rows,
+)
 from factory.pool import PoolEntries, build_sketch
 from factory.rejects import ClipError
 from factory.store import ShardStore, write_parquet_atomic
@@ -207,9 +215,6 @@ def _listing(opts: LabelOptions, bundle: Bundle) -> Listing:
 
 
 def run_label(opts: LabelOptions) -> LabelSummary:
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from factory.raycluster import cluster_cpus, cluster_gpus, init_ray
 
     t_start = time.time()
@@ -245,11 +250,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         gpus_per_actor = (
             opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
         )
-        actors = opts.actors or (
-            max(1, int(gpus // max(gpus_per_actor, 1e-9)))
-            if gpus_per_actor > 0
-            else max(1, int(cluster_cpus()) - 1)
-        )
+        actors = opts.actors or default_actors(gpus_per_actor)
         needed = actors * opts.actor_cpus + opts.decode_cpus + WRITE_CPUS
         if needed > cluster_cpus():  # an autoscaling cluster may still grow: warn, go on
             log.warning(
@@ -264,21 +265,11 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 cluster_cpus(),
             )
         pool = build_label_pool(listing.records, bundle.preset)
-        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(
-            decode_batch,
-            batch_size=1,
-            num_cpus=opts.decode_cpus,
-            fn_kwargs={"preset_json": bundle.preset.to_json()},
-        )
-        ds = ds.map_batches(
+        ds = decoded_through_actors(
+            todo,
+            bundle.preset.to_json(),
             LabelActor,
-            batch_size=opts.batch_size,
-            compute=ActorPoolStrategy(size=actors),
-            num_cpus=opts.actor_cpus,
-            num_gpus=gpus_per_actor,
-            fn_constructor_kwargs={
+            {
                 "bundle_uri": opts.bundle,
                 "pool": pool,
                 "device": opts.device,
@@ -286,6 +277,11 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "ablation": opts.ablation,
                 "reject_silent": opts.reject_silent,
             },
+            actors,
+            gpus_per_actor,
+            batch_size=opts.batch_size,
+            actor_cpus=opts.actor_cpus,
+            decode_cpus=opts.decode_cpus,
         )
         ds = ds.map_batches(
             write_label_batch,

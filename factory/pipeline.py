@@ -157,6 +157,48 @@ def decode_batch(
     )
 
 
+def default_actors(gpus_per_actor: float) -> int:
+    """Actor pool size when none is given: every GPU used (one actor per ``gpus_per_actor``
+    GPUs), else all CPUs but one (decode and write need a CPU)."""
+    from factory.raycluster import cluster_cpus, cluster_gpus
+
+    if gpus_per_actor > 0:
+        return max(1, int(cluster_gpus() // gpus_per_actor))
+    return max(1, int(cluster_cpus()) - 1)
+
+
+def decoded_through_actors(
+    records: list[ClipRecord],
+    preset_json: str,
+    actor: type,
+    actor_kwargs: dict[str, Any],
+    actors: int,
+    gpus_per_actor: float,
+    batch_size: int = 1,
+    actor_cpus: float = 1.0,
+    decode_cpus: float = 0.5,
+) -> Any:
+    """The first two stages of every job that runs a model over clips (label, predict, the
+    train and distil caches): one row per clip, decoded by CPU tasks, then an actor pool
+    of ``actor(**actor_kwargs)``. Returns the lazy Ray dataset; the caller adds its writer."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in records]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.map_batches(
+        decode_batch, batch_size=1, num_cpus=decode_cpus, fn_kwargs={"preset_json": preset_json}
+    )
+    return ds.map_batches(
+        actor,
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+        num_gpus=gpus_per_actor,
+        fn_constructor_kwargs=actor_kwargs,
+    )
+
+
 def model_row(
     row: dict[str, Any],
     process: Callable[[DecodedClip, ClipRecord], tuple[bytes, dict]],

@@ -548,12 +548,9 @@ class PredictActor:
 
 
 def run_predict(opts: PredictOptions) -> dict[str, Any]:
-    import ray
-    from ray.data import ActorPoolStrategy
-
     from factory.label_job import consume, write_label_batch
-    from factory.pipeline import decode_batch
-    from factory.raycluster import cluster_cpus, cluster_gpus, init_ray
+    from factory.pipeline import decoded_through_actors, default_actors
+    from factory.raycluster import cluster_gpus, init_ray
     from factory.store import ShardStore
 
     t0 = time.time()
@@ -568,28 +565,20 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
     todo = [r for r in listing.records if r.key not in committed.keys]
     frames = 0
     if todo:
-        gpus = cluster_gpus()
-        actors = opts.actors or (
-            max(1, int(gpus)) if gpus >= 1 else max(1, int(cluster_cpus()) - 1)
-        )
-        rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(
-            decode_batch, batch_size=1, num_cpus=0.5, fn_kwargs={"preset_json": preset.to_json()}
-        )
-        ds = ds.map_batches(
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+        ds = decoded_through_actors(
+            todo,
+            preset.to_json(),
             PredictActor,
-            batch_size=1,
-            compute=ActorPoolStrategy(size=actors),
-            num_cpus=1.0,
-            num_gpus=1.0 if gpus >= 1 else 0.0,
-            fn_constructor_kwargs={
+            {
                 "students": opts.students,
                 "device": opts.device,
                 "dtype": opts.dtype,
                 "fusion": opts.fusion,
                 "all_maps": opts.all_maps,
             },
+            opts.actors or default_actors(gpus),
+            gpus,
         )
         ds = ds.map_batches(
             write_label_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out}
