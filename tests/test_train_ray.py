@@ -11,7 +11,10 @@ from factory.bundle import load_bundle
 from factory.synthetic import SyntheticConfig, generate
 from factory.train_job import COARSE_NETS, FINE_NETS, TrainOptions, run_train
 
-WORLD = SyntheticConfig(num_tags=3, clips_per_tag=5, seconds=2.0, seed=31)
+# 8 clips per tag: with 5 (9 training clips) the held-out accuracy of this corpus hung on
+# the order Ray Data delivered the rows in, and two CI runs read exactly chance; with 8,
+# in process, seeds 31, 33, 34, 35 give 0.67-1.0 for every net.
+WORLD = SyntheticConfig(num_tags=3, clips_per_tag=8, seconds=2.0, seed=31)
 
 
 @pytest.mark.slow
@@ -22,7 +25,7 @@ def test_train_job_on_ray(tmp_path, ray_session):
         corpus=str(tmp_path / "corpus" / "manifest.csv"),
         out=str(tmp_path / "bundle"),
         epochs=4,
-        pretrain_epochs=15,  # 6 left seed 31 at chance on held-out clips, 15 gives 0.5-0.9
+        pretrain_epochs=15,
         inject_failure="S:1",  # SIGKILL the S net's worker once, after its epoch 1
         overrides={"holdout_fraction": 0.3},
     )
