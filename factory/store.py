@@ -61,11 +61,14 @@ def write_parquet_atomic(uri: str, table: pa.Table) -> None:
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
-def read_parquet(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a Parquet file (only the byte ranges of ``columns`` when given)."""
+def read_parquet(
+    uri: str, columns: Sequence[str] | None = None, filters: list[tuple] | None = None
+) -> pa.Table:
+    """Read a Parquet file (only the byte ranges of ``columns`` when given; ``filters`` in
+    pyarrow's DNF form skip row groups by their statistics and drop non-matching rows)."""
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=list(columns) if columns else None)
+        return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
 
 
 def rejects_table(rejects: Sequence[Reject]) -> pa.Table:

@@ -362,8 +362,8 @@ def pseudo_maps(shard: str, key: str, times: np.ndarray) -> np.ndarray:
     from factory.dataset import maps_from_column
     from factory.store import read_parquet
 
-    t = read_parquet(shard, ["video_id", "time_s", "map"])
-    t = t.filter(pa.compute.equal(t["video_id"], key))
+    # only this clip's rows: a shard holds many clips, and the cache actor asks per clip
+    t = read_parquet(shard, ["video_id", "time_s", "map"], filters=[("video_id", "=", key)])
     ptimes = t["time_s"].to_numpy()
     maps = maps_from_column(t["map"])
     idx = [int(np.argmin(np.abs(ptimes - x))) for x in times]
