@@ -2,8 +2,8 @@
 
 Columns (SPEC.md section 5): ``video_id, frame_index, time_s, tag, height, width,
 map, box, confidences, shard_id`` plus ``box_fallback, has_audio, audio_switch,
-source`` and, with ``--ablation``, ``map_cam_s, map_ac, map_scam_coarse,
-map_scam_fine``.
+source`` and, with ``--ablation``, one ``map_<variant>`` column per name in
+:data:`factory.labeler.ABLATION_MAPS` (the paper's Table 1 variants; README lists them).
 
 Maps are ``uint8`` (0-255 = saliency 0-1) stored as a nested fixed-size list
 ``[height][width]``: plain nested lists to any Parquet reader (pyarrow, pandas, Ray

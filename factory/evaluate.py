@@ -38,6 +38,7 @@ import numpy as np
 
 from factory import metrics as M
 from factory import storage
+from factory.labeler import MAP_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,7 @@ TABLE_NAMES = {
     "nss": "NSS",
     "kld": "KLD",
 }
-COLUMN_NAMES = {
-    "map": "SCAM+ (pseudo-fixation)",
-    "map_cam_s": "CAM (S, single source)",
-    "map_cam_st": "CAM (ST, single source)",
-    "map_cam_sa": "CAM (SA, single source)",
-    "map_ac": "AC (Eq. 22)",
-    "map_scam_coarse": "SCAM (coarse)",
-    "map_scam_fine": "SCAM (fine)",
-}
+COLUMN_NAMES = MAP_NAMES  # every map column of the label job, in the paper's terms
 
 
 @dataclass

@@ -60,6 +60,7 @@ class LabelOptions:
     out: str
     split: str | None = None
     ablation: bool = False
+    postprocess: str = "none"  # "authors": 5-frame smoothing, < 3 x mean -> 0 (every map)
     export_png: str | None = None
     actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
     batch_size: int = 4  # clips per labelling call (their frames are encoded together)
@@ -106,13 +107,19 @@ class LabelActor:
         dtype: str,
         ablation: bool,
         reject_silent: bool,
+        postprocess: str = "none",
     ) -> None:
         from factory.labeler import Labeler
         from factory.pool import PoolSource
 
         bundle = load_bundle(bundle_uri, verify=False)
         self.labeler = Labeler(
-            bundle, PoolSource(pool), device=device, dtype=dtype, ablation=ablation
+            bundle,
+            PoolSource(pool),
+            device=device,
+            dtype=dtype,
+            ablation=ablation,
+            postprocess=postprocess,
         )
         self.ablation = ablation
         self.reject_silent = reject_silent
@@ -276,6 +283,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "dtype": opts.dtype,
                 "ablation": opts.ablation,
                 "reject_silent": opts.reject_silent,
+                "postprocess": opts.postprocess,
             },
             actors,
             gpus_per_actor,

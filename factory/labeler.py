@@ -37,6 +37,7 @@ from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder, normalize_frames, resize_square
 from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
 from factory.pool import PoolEntries, PoolSource
+from factory.postprocess import POSTPROCESS
 from models.registry import NETS
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,49 @@ PLUS_PAIRS = (
     ("SA+", "cross"),
 )
 SOURCES = ("S", "ST", "SA", *tuple(f"{net}{term}" for net, term in PLUS_PAIRS))
-ABLATION_MAPS = ("cam_s", "cam_st", "cam_sa", "ac", "scam_coarse", "scam_fine")
+# The column of each multigranularity pair's own CAM: ("S+", "short") -> "s_plus_short".
+PAIR_MAPS = tuple(f"{net[:-1].lower()}_plus_{term}" for net, term in PLUS_PAIRS)
+# ``--ablation``'s maps, one per pseudo-ground-truth variant of the paper's Table 1:
+# coarse single-source CAMs, AC (Eq. 22) and SCAM (Eq. 2); the same after the fine stage
+# (CAMs pasted back into the frame); each of the eight ``+`` pairs alone (upsampled to
+# the frame); CAM' (the plain mean of the ``+`` maps) and SCAM' (Eq. 8 over the ``+``
+# pairs only). The ``map`` column is SCAM+ itself.
+ABLATION_MAPS = (
+    "cam_s",
+    "cam_st",
+    "cam_sa",
+    "ac",
+    "scam_coarse",
+    "cam_s_fine",
+    "cam_st_fine",
+    "cam_sa_fine",
+    "ac_fine",
+    "scam_fine",
+    *PAIR_MAPS,
+    "cam_prime",
+    "scam_prime",
+)
+_TERM = {"short": "short (SC)", "long": "long (LC)", "cross": "cross (CC)"}
+# How reports name each map column, in the paper's terms (Table 1).
+MAP_NAMES = {
+    "map": "SCAM+ (pseudo-fixation)",
+    "map_cam_s": "CAM (S, single source)",
+    "map_cam_st": "CAM (ST, single source)",
+    "map_cam_sa": "CAM (SA, single source)",
+    "map_ac": "AC (Eq. 22)",
+    "map_scam_coarse": "SCAM (coarse)",
+    "map_cam_s_fine": "CAM (S, fine)",
+    "map_cam_st_fine": "CAM (ST, fine)",
+    "map_cam_sa_fine": "CAM (SA, fine)",
+    "map_ac_fine": "AC (fine)",
+    "map_scam_fine": "SCAM (fine)",
+    **{
+        f"map_{col}": f"{net} {_TERM[term]} alone"
+        for col, (net, term) in zip(PAIR_MAPS, PLUS_PAIRS, strict=True)
+    },
+    "map_cam_prime": "CAM' (mean of the + maps)",
+    "map_scam_prime": "SCAM' (Eq. 8 over the + pairs)",
+}
 
 
 @dataclass
@@ -82,10 +125,14 @@ class Labeler:
         ablation: bool = False,
         channels_last: bool = True,
         frame_chunk: int | None = None,
+        postprocess: str = "none",
     ) -> None:
+        if postprocess not in POSTPROCESS:
+            raise ValueError(f"postprocess {postprocess!r}: one of {', '.join(POSTPROCESS)}")
         self.bundle = bundle
         self.pool = pool
         self.ablation = ablation
+        self.postprocess = POSTPROCESS[postprocess]
         self.encoder = FrameEncoder(
             bundle.encoders, bundle.preset, device, dtype, channels_last, frame_chunk
         )
@@ -317,12 +364,29 @@ class Labeler:
             fallback_all.append(fell_back)
             counters["frames_without_source"] += int((selected.sum(1) == 0).sum())
             if self.ablation:
-                ablation["cam_s"].append(cams_c[:, 0])
-                ablation["cam_st"].append(cams_c[:, 1])
-                ablation["cam_sa"].append(cams_c[:, 2])
-                ablation["ac"].append(eq.average_cam(cams_c[:, : 3 if has_audio else 2]))
-                ablation["scam_coarse"].append(scam_coarse)
-                ablation["scam_fine"].append(eq.scam(cams_f_t, confs_f_t, idx))
+                n_src = 3 if has_audio else 2  # SA takes no part without audio
+                n_pairs = len(PLUS_PAIRS) if has_audio else len(PLUS_PAIRS) - 2
+                cams_up = F.interpolate(
+                    torch.stack(cams_p, 1), size=size, mode="bilinear", align_corners=False
+                ).clamp(0, 1)
+                confs_p_t = for_tag(torch.stack(confs_p, 1), others)
+                variants = {
+                    "cam_s": cams_c[:, 0],
+                    "cam_st": cams_c[:, 1],
+                    "cam_sa": cams_c[:, 2],
+                    "ac": eq.average_cam(cams_c[:, :n_src]),
+                    "scam_coarse": scam_coarse,
+                    "cam_s_fine": cams_f_t[:, 0],
+                    "cam_st_fine": cams_f_t[:, 1],
+                    "cam_sa_fine": cams_f_t[:, 2],
+                    "ac_fine": eq.average_cam(cams_f_t[:, :n_src]),
+                    "scam_fine": eq.scam(cams_f_t, confs_f_t, idx),
+                    **{name: cams_up[:, k] for k, name in enumerate(PAIR_MAPS)},
+                    "cam_prime": eq.average_cam(cams_up[:, :n_pairs]),
+                    "scam_prime": eq.scam(cams_up, confs_p_t, idx),
+                }
+                for name, value in variants.items():
+                    ablation[name].append(value)
 
         weights = torch.stack(per_tag_weight, 1)  # (T, tags)
         conf_mean = torch.stack(per_tag_conf, 0).mean(0)  # (T, 11)
@@ -332,10 +396,7 @@ class Labeler:
             key=clip.key,
             tags=list(tags),
             times=clip.times,
-            maps=combine_tags(torch.stack(per_tag_maps, 1), weights)
-            .cpu()
-            .numpy()
-            .astype(np.float32),
+            maps=self._finish(combine_tags(torch.stack(per_tag_maps, 1), weights)),
             boxes=union.cpu().numpy().astype(np.float32),
             box_fallback=torch.stack(fallback_all, 0).any(0).cpu().numpy(),
             confidences={
@@ -347,10 +408,14 @@ class Labeler:
         )
         if self.ablation:
             result.ablation = {
-                k: combine_tags(torch.stack(v, 1), weights).cpu().numpy().astype(np.float32)
+                k: self._finish(combine_tags(torch.stack(v, 1), weights))
                 for k, v in ablation.items()
             }
         return result
+
+    def _finish(self, maps: torch.Tensor) -> np.ndarray:
+        """A clip's maps of one variant (T, H, W), post-processed if asked, as float32."""
+        return self.postprocess(maps).cpu().numpy().astype(np.float32)
 
 
 def for_tag(confidences: torch.Tensor, other_tags: Sequence[int]) -> torch.Tensor:

@@ -39,7 +39,15 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
     p.add_argument(
         "--ablation",
         action="store_true",
-        help="also write the intermediate maps (single-source CAM, AC, coarse and fine SCAM)",
+        help="also write every pseudo-ground-truth variant of the paper's Table 1 as map_* columns "
+        "(coarse and fine single-source CAMs, AC, SCAM, each of the 8 + pairs, CAM', SCAM'; see README)",
+    )
+    p.add_argument(
+        "--postprocess",
+        default="none",
+        choices=["none", "authors"],
+        help="authors: the authors' code's post-processing of every map (mean over 5 frames, "
+        "values below 3 x mean set to 0); off by default, as in the paper",
     )
     p.add_argument(
         "--export-png",
@@ -100,6 +108,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         out=a.out,
         split=a.split,
         ablation=a.ablation,
+        postprocess=a.postprocess,
         export_png=a.export_png,
         actors=a.actors,
         batch_size=a.batch_size,

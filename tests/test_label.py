@@ -20,7 +20,7 @@ from conftest import truncated_copy
 from factory.bundle import load_bundle
 from factory.corpus import read_corpus
 from factory.decode import decode_clip
-from factory.labeler import SOURCES, Labeler
+from factory.labeler import ABLATION_MAPS, PAIR_MAPS, PLUS_PAIRS, SOURCES, Labeler
 from factory.synthetic import load_ground_truth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,11 +69,67 @@ def test_labeler_alone_plain_pytorch(tiny_bundle, heldout_corpus):
     assert out.maps.shape == (t, bundle.preset.frames.height, bundle.preset.frames.width)
     assert out.maps.min() >= 0 and out.maps.max() <= 1 and np.isfinite(out.maps).all()
     assert set(out.confidences) == set(SOURCES) and out.boxes.shape == (t, 4)
-    assert set(out.ablation) == {"cam_s", "cam_st", "cam_sa", "ac", "scam_coarse", "scam_fine"}
+    assert set(out.ablation) == set(ABLATION_MAPS)
+    for name, m in out.ablation.items():
+        assert m.shape == out.maps.shape and m.min() >= 0 and m.max() <= 1, name
     # no pool given: every cross-term pair is missing, counted, never silently zero-weighted
     assert out.counters["cross_missing"] == 3 * t
     # each frame encoded once at the coarse size, three crops per frame at the fine size
     assert labeler.encoder_passes["coarse"] == t and labeler.encoder_passes["fine"] == 3 * t
+
+
+def test_ablation_maps_are_the_paper_variants(tiny_bundle, heldout_corpus, tiny_corpus):
+    """CAM' is the mean of the eight + maps; SCAM' is Eq. 8 over the eight pairs alone
+    (with their Eq. 3-filtered confidences); AC fine is the mean of the fine CAMs; SCAM+
+    is Eq. 8 over the fine sources and the pairs. A cross-term pool is given, so every
+    pair has work."""
+    import torch
+
+    from factory import equations as eq
+    from factory.pool import PoolSource
+    from factory.prepare import decoded_pool_entries
+
+    root, meta = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    p = bundle.preset
+    listing = read_corpus(os.path.join(root, "manifest.csv"))
+    rec = next(r for r in listing.records if len(r.tags) == 1 and r.key in _kinds(meta, "normal"))
+    pool_recs = [r for r in listing.records if r.tags == rec.tags and r.key != rec.key]
+    assert pool_recs, "the held-out world has two clips per tag"
+    entries = {
+        rec.tags[0]: decoded_pool_entries(
+            decode_clip(pool_recs[0], p.frames, p.spectrogram), p.windows.pool_groups, p
+        )
+    }
+    clip = decode_clip(rec, p.frames, p.spectrogram)
+    out = Labeler(bundle, PoolSource(entries), ablation=True).label(clip, list(rec.tags))
+    assert out.counters["cross_missing"] == 0
+    a = {k: torch.from_numpy(v) for k, v in out.ablation.items()}
+    pairs = torch.stack([a[k] for k in PAIR_MAPS], 1)  # (T, 8, H, W)
+    assert torch.allclose(a["cam_prime"], pairs.mean(1), atol=1e-5)
+    # the selected confidences sf(C)[i] of the pairs, as the row stores them
+    w = torch.stack(
+        [torch.from_numpy(out.confidences[f"{n}{t}"]) for n, t in PLUS_PAIRS], 1
+    )  # (T, 8)
+    assert torch.allclose(a["scam_prime"], eq.selective_fusion(pairs, w), atol=1e-4)
+    fine = torch.stack([a["cam_s_fine"], a["cam_st_fine"], a["cam_sa_fine"]], 1)
+    assert torch.allclose(a["ac_fine"], fine.mean(1), atol=1e-5)
+    w_fine = torch.stack([torch.from_numpy(out.confidences[s]) for s in ("S", "ST", "SA")], 1)
+    assert torch.allclose(a["scam_fine"], eq.selective_fusion(fine, w_fine), atol=1e-4)
+    both = torch.cat([fine, pairs], 1)
+    scam_plus = eq.selective_fusion(both, torch.cat([w_fine, w], 1))
+    assert torch.allclose(torch.from_numpy(out.maps), scam_plus, atol=1e-3)
+    # outside the coarse box the fine CAMs are zero (pasted into a zero canvas)
+    box = out.boxes[0]
+    h, width = out.maps.shape[1:]
+    if box[2] - box[0] < 0.9:
+        inside_x = (np.arange(width) + 0.5) / width
+        outside = (inside_x < box[0] - 0.02) | (inside_x > box[2] + 0.02)
+        assert (out.ablation["cam_s_fine"][0][:, outside] == 0).all()
+
+
+def _kinds(meta, kind):
+    return {c["video_id"] for c in meta["clips"] if c["kind"] == kind}
 
 
 def test_clip_without_audio_uses_the_sources_that_need_none(tiny_bundle, heldout_corpus):
