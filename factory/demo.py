@@ -16,15 +16,16 @@ import os
 import shutil
 
 from factory.raycluster import REPO_ROOT
-from factory.synthetic import SyntheticConfig, generate
+from factory.synthetic import TABLE1_WORLD, generate
 
 log = logging.getLogger(__name__)
 
 DEMO_ROOT = os.path.join(REPO_ROOT, "runs", "demo")
-TRAIN_WORLD = SyntheticConfig(num_tags=4, clips_per_tag=8, seed=0)
-HELDOUT_WORLD = SyntheticConfig(
-    num_tags=4,
-    clips_per_tag=3,
+# The Table 1 world (factory.synthetic.TABLE1_WORLD): 8 tags sharing 4 hues, look-alikes,
+# other tags' objects, occlusion, camera motion, foreign and missing sound tracks.
+TRAIN_WORLD = TABLE1_WORLD.replace(seed=0)
+HELDOUT_WORLD = TABLE1_WORLD.replace(
+    clips_per_tag=2,
     seed=1,
     multi_tag_clips=1,
     no_audio_stream=1,
