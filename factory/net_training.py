@@ -57,13 +57,15 @@ def build_trainable(
     """(net, task, optimizer, epochs) of a bundle net, of ``encoders`` (pretraining) or of
     a student (``STA``, ``STA+short``, ``STA+long``)."""
     from factory.pretrain import EncoderPretrainNet, PretrainTask
+    from factory.students_job import StudentRun, StudentTask
     from factory.training import NetTask
-    from models.registry import STUDENTS, build_student
+    from models.registry import build_student
 
-    if name in STUDENTS:
-        from factory.students_job import StudentTask
-
-        net = build_student(name, preset.encoders, preset.cgcn).to(device)
+    run = StudentRun.parse(name)
+    if run is not None:
+        if run.seed is not None:  # repeated runs (the ablation): their own initialisation
+            torch.manual_seed(run.seed)
+        net = build_student(run.student, preset.encoders, preset.cgcn).to(device)
         optimizer = torch.optim.SGD(
             net.parameters(),
             lr=preset.train.student_lr,
@@ -71,7 +73,7 @@ def build_trainable(
             nesterov=True,
             weight_decay=preset.train.student_weight_decay,
         )
-        return net, StudentTask(name, preset), optimizer, preset.train.epochs
+        return net, StudentTask(run.student, preset, run.target), optimizer, preset.train.epochs
 
     if name == "encoders":
         from factory.weights import build_encoders

@@ -50,6 +50,42 @@ log = logging.getLogger(__name__)
 STUDENT_SPEC = InputSpec("plus", None, 3, True, True, ("short", "long"))
 TERM = {"STA+short": "short", "STA+long": "long"}
 FUSION_DEFAULT = "eq21"
+PSEUDO_COLUMN = "map"  # the pseudo-fixation dataset's SCAM+ column
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student to fit: which student, the pseudo-ground-truth column it learns from
+    (``map`` = SCAM+, or an ``--ablation`` variant such as ``map_scam_fine``) and, for
+    repeated runs, its seed. Its name is what the executors and checkpoints know it by:
+    ``STA`` for the plain distil job, ``STA@map_scam_fine@seed1`` in the ablation."""
+
+    student: str
+    target: str = PSEUDO_COLUMN
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.target == PSEUDO_COLUMN and self.seed is None:
+            return self.student
+        return "@".join(
+            [self.student, self.target] + ([] if self.seed is None else [f"seed{self.seed}"])
+        )
+
+    @classmethod
+    def parse(cls, name: str) -> StudentRun | None:
+        """The run a name stands for, or None when it names no student."""
+        parts = name.split("@")
+        if parts[0] not in STUDENTS or len(parts) > 3:
+            return None
+        target = parts[1] if len(parts) > 1 else PSEUDO_COLUMN
+        seed = int(parts[2].removeprefix("seed")) if len(parts) > 2 else None
+        return cls(parts[0], target, seed)
+
+
+def map_key(column: str) -> str:
+    """The feature-cache key of a pseudo-fixation column's maps."""
+    return "maps" if column == PSEUDO_COLUMN else f"maps@{column}"
 
 
 # ----------------------------------------------------------------- features
@@ -142,6 +178,7 @@ class StudentTask:
 
     name: str
     preset: Preset
+    target: str = PSEUDO_COLUMN  # the pseudo-fixation column the student learns from
     score_name = "pseudo_cc"  # what :func:`factory.training.evaluate` reports
 
     @property
@@ -159,7 +196,9 @@ class StudentTask:
         self, clip: Any, epoch: int, targets: np.ndarray
     ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         inputs, idx = student_inputs(self.name, clip.feats, targets, clip.key, self.settings, epoch)
-        return [(inputs, clip.feats["maps"][torch.as_tensor(idx)])]
+        maps = clip.feats[map_key(self.target)][torch.as_tensor(idx)]
+        # the cache keeps maps as uint8 (0..255), as the dataset does
+        return [(inputs, maps.float() / 255.0 if maps.dtype == torch.uint8 else maps)]
 
     def loss(
         self, net: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor
@@ -216,23 +255,39 @@ class StudentPredictor:
     @torch.inference_mode()
     def predict(self, clip: DecodedClip) -> dict[str, np.ndarray]:
         feats = student_features(self.encoder, self.switch, clip)
-        t = int(feats["gate"].shape[0])
-        size = (self.preset.frames.height, self.preset.frames.width)
-        targets = np.arange(t)
-        maps = {}
-        for name, net in self.students.items():
-            outs = []
-            for start in range(0, t, self.encoder.chunk):
-                part = targets[start : start + self.encoder.chunk]
-                inputs, _ = student_inputs(name, feats, part, clip.key, self.settings)
-                with self.encoder.autocast():
-                    o = torch.sigmoid(net(inputs, size=size).float())
-                outs.append(o if name == "STA" else o[:, 0])
-            maps[name] = torch.cat(outs)
+        maps = {
+            name: student_map(name, net, feats, clip.key, self.settings, self.encoder, self.preset)
+            for name, net in self.students.items()
+        }
         from factory.equations import minmax_normalize
 
         fused = fuse({k: minmax_normalize(v) for k, v in maps.items()}, self.fusion)
         return {"map": fused.cpu().numpy(), **{k: v.cpu().numpy() for k, v in maps.items()}}
+
+
+@torch.inference_mode()
+def student_map(
+    name: str,
+    net: torch.nn.Module,
+    feats: dict[str, torch.Tensor],
+    key: str,
+    settings: WindowSettings,
+    encoder: Any,
+    preset: Preset,
+) -> torch.Tensor:
+    """One student's maps (T, H, W) in [0, 1] for every frame of a clip's features (for
+    STA+, the target node's read-out)."""
+    t = int(feats["gate"].shape[0])
+    size = (preset.frames.height, preset.frames.width)
+    targets = np.arange(t)
+    outs = []
+    for start in range(0, t, encoder.chunk):
+        part = targets[start : start + encoder.chunk]
+        inputs, _ = student_inputs(name, feats, part, key, settings)
+        with encoder.autocast():
+            o = torch.sigmoid(net(inputs, size=size).float())
+        outs.append(o if name == "STA" else o[:, 0])
+    return torch.cat(outs)
 
 
 # ----------------------------------------------------------------- bundle
@@ -307,6 +362,7 @@ class DistillOptions:
     local: bool = False
     address: str | None = None
     fusion: str = FUSION_DEFAULT
+    target: str = PSEUDO_COLUMN  # the dataset's column to learn from (an --ablation variant)
     # execution (the attributes factory.executors reads; "net" = one student)
     workers_per_net: int = 1
     gpus_per_net: float = 0.0
@@ -317,9 +373,17 @@ class DistillOptions:
 
 
 class DistillCacheActor:
-    """Decoded clip + its pseudo-fixation maps -> a student cache row."""
+    """Decoded clip + its pseudo-fixation maps -> a student cache row: the features once,
+    and the maps of each of ``columns`` (uint8; ``map`` = SCAM+, or ``--ablation``
+    variants, so one cache serves a student per variant)."""
 
-    def __init__(self, bundle_uri: str, pseudo: str, preset_json: str) -> None:
+    def __init__(
+        self,
+        bundle_uri: str,
+        pseudo: str,
+        preset_json: str,
+        columns: tuple[str, ...] = (PSEUDO_COLUMN,),
+    ) -> None:
         from factory.bundle import load_bundle
         from factory.encoding import FrameEncoder
 
@@ -328,6 +392,7 @@ class DistillCacheActor:
         self.encoder = FrameEncoder(bundle.encoders, self.preset)
         self.switch = bundle.net("switch").to(self.encoder.device).eval()
         self.index = pseudo_index(pseudo)
+        self.columns = tuple(columns)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from factory.feature_cache import encode_blob
@@ -338,8 +403,9 @@ class DistillCacheActor:
             if row["status"] == OK:
                 clip = deserialize_clip(row["key"], row["payload"])
                 feats = student_features(self.encoder, self.switch, clip)
-                maps = pseudo_maps(self.index[row["key"]], row["key"], clip.times)
-                feats["maps"] = torch.from_numpy(maps.astype(np.float32) / 255.0)
+                maps = pseudo_maps(self.index[row["key"]], row["key"], clip.times, self.columns)
+                for column, m in maps.items():
+                    feats[map_key(column)] = torch.from_numpy(m)
                 row = {
                     **row,
                     "payload": encode_blob(feats),
@@ -357,24 +423,99 @@ def pseudo_index(pseudo: str) -> dict[str, str]:
     }
 
 
-def pseudo_maps(shard: str, key: str, times: np.ndarray) -> np.ndarray:
-    """A clip's pseudo-fixation maps (T, H, W) uint8 from its shard, matched to ``times``."""
+def pseudo_maps(
+    shard: str, key: str, times: np.ndarray, columns: tuple[str, ...] = (PSEUDO_COLUMN,)
+) -> dict[str, np.ndarray]:
+    """A clip's maps (T, H, W) uint8 of each of ``columns`` from its shard, matched to
+    ``times``."""
     from factory.dataset import maps_from_column
     from factory.store import read_parquet
 
     # only this clip's rows: a shard holds many clips, and the cache actor asks per clip
-    t = read_parquet(shard, ["video_id", "time_s", "map"], filters=[("video_id", "=", key)])
+    t = read_parquet(shard, ["video_id", "time_s", *columns], filters=[("video_id", "=", key)])
     ptimes = t["time_s"].to_numpy()
-    maps = maps_from_column(t["map"])
     idx = [int(np.argmin(np.abs(ptimes - x))) for x in times]
-    return maps[idx]
+    return {c: maps_from_column(t[c])[idx] for c in columns}
+
+
+def check_columns(pseudo: str, columns: tuple[str, ...]) -> None:
+    """Stop before any work when the dataset lacks a map column the students need."""
+    from factory.evaluate import prediction_columns
+
+    have = prediction_columns(pseudo)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(
+            f"pseudo-fixation dataset {pseudo!r} has no column {', '.join(missing)} "
+            f"(it has {', '.join(have)}); label it with --ablation for the variants"
+        )
+
+
+def build_student_cache(
+    executor: Any,
+    records: list[ClipRecord],
+    cache: str,
+    preset: Preset,
+    bundle_uri: str,
+    pseudo: str,
+    columns: tuple[str, ...] = (PSEUDO_COLUMN,),
+) -> dict[str, int]:
+    """The students' feature cache: each clip of ``records`` decoded and encoded once
+    with the teacher's frozen encoders, beside its maps of each of ``columns``."""
+    from factory.corpus import Listing
+
+    return executor.build_cache(
+        "students",
+        Listing(records),
+        cache,
+        preset,
+        sorted({t for r in records for t in r.tags}),  # the cache rows' tag indices
+        DistillCacheActor,
+        {
+            "bundle_uri": bundle_uri,
+            "pseudo": pseudo,
+            "preset_json": preset.to_json(),
+            "columns": tuple(columns),
+        },
+    )
+
+
+def fit_students(
+    executor: Any,
+    runs: list[StudentRun],
+    preset: Preset,
+    vocabulary: list[str],
+    run_dir: str,
+    cache: str,
+) -> tuple[dict[str, torch.nn.Module], dict[str, list[dict[str, Any]]]]:
+    """Fit every run with the train job's executors and per-net training (one
+    TorchTrainer each under a Tune grid, or in-process): (net per run name, history)."""
+    from factory.feature_cache import cache_files
+
+    common = {
+        "preset": preset.to_dict(),
+        "vocabulary": vocabulary,
+        "checkpoints": _abs(storage.join(run_dir, "checkpoints")),
+        "tune_dir": _abs(storage.join(run_dir, "tune")),
+        "cache": {role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")},
+    }
+    names = tuple(r.name for r in runs)
+    states = executor.fit_nets(names, "students", common)
+    nets, history = {}, {}
+    for run in runs:
+        net = build_student(run.student, preset.encoders, preset.cgcn)
+        net.load_state_dict(states[run.name]["net"])
+        nets[run.name] = net.eval()
+        history[run.name] = [
+            {k: v for k, v in h.items() if k in ("epoch", "loss", "pseudo_cc")}
+            for h in states[run.name]["history"]
+        ]
+    return nets, history
 
 
 def run_distill(opts: DistillOptions) -> dict[str, Any]:
     from factory.bundle import load_bundle
-    from factory.corpus import Listing
     from factory.executors import LocalExecutor, RayExecutor
-    from factory.feature_cache import cache_files
 
     t0 = time.time()
     run_record = storage.read_json(storage.join(opts.pseudo, "run.json"))
@@ -384,6 +525,7 @@ def run_distill(opts: DistillOptions) -> dict[str, Any]:
     if opts.epochs is not None:
         preset = preset.replace(train=dataclasses.replace(preset.train, epochs=opts.epochs))
     labelled = set(pseudo_index(opts.pseudo))
+    check_columns(opts.pseudo, (opts.target,))
     listing = read_corpus(opts.corpus)
     records = [r for r in listing.records if r.key in labelled]
     if not records:
@@ -393,43 +535,20 @@ def run_distill(opts: DistillOptions) -> dict[str, Any]:
     run = storage.join(opts.out, "_run")
     cache = storage.join(run, "features")
     executor: Any = LocalExecutor(opts) if opts.local else RayExecutor(opts)
-    stats = executor.build_cache(
-        "students",
-        Listing(records),
-        cache,
-        preset,
-        sorted({t for r in records for t in r.tags}),  # the cache rows' tag indices
-        DistillCacheActor,
-        {"bundle_uri": bundle_uri, "pseudo": opts.pseudo, "preset_json": preset.to_json()},
+    stats = build_student_cache(
+        executor, records, cache, preset, bundle_uri, opts.pseudo, (opts.target,)
     )
-    common = {
-        "preset": preset.to_dict(),
-        "vocabulary": bundle.vocabulary,
-        "checkpoints": _abs(storage.join(run, "checkpoints")),
-        "tune_dir": _abs(storage.join(run, "tune")),
-        "cache": {role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")},
-    }
-    # the train job's per-net training: one TorchTrainer per student under a Tune grid
-    states = executor.fit_nets(STUDENTS, "students", common)
-    students = {}
-    for name in STUDENTS:
-        net = build_student(name, preset.encoders, preset.cgcn)
-        net.load_state_dict(states[name]["net"])
-        students[name] = net
-    history = {
-        n: [
-            {k: v for k, v in h.items() if k in ("epoch", "loss", "pseudo_cc")}
-            for h in states[n]["history"]
-        ]
-        for n in STUDENTS
-    }
+    runs = [StudentRun(name, opts.target) for name in STUDENTS]
+    nets, history = fit_students(executor, runs, preset, bundle.vocabulary, run, cache)
+    students = {r.student: nets[r.name] for r in runs}
     meta = {
         "format": 1,
         "graph_channels": STUDENT_GRAPH_CHANNELS,
         "fusion": opts.fusion,
         "teacher": {"bundle": storage.redact(bundle_uri), "fingerprint": bundle.fingerprint()},
         "pseudo": storage.redact(opts.pseudo),
-        "history": history,
+        "target": opts.target,
+        "history": {r.student: history[r.name] for r in runs},
         "clips": stats,
         "seconds": round(time.time() - t0, 1),
     }

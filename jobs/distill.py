@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         help="default fusion of the students' maps at prediction",
     )
     p.add_argument(
+        "--target",
+        default="map",
+        help="the dataset's map column to learn from: map (SCAM+, default) or an --ablation "
+        "variant such as map_scam_fine",
+    )
+    p.add_argument(
         "--local", action="store_true", help="in this process with plain PyTorch, no Ray"
     )
     p.add_argument("--workers-per-student", type=int, default=1)
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             local=a.local,
             address=a.address,
             fusion=a.fusion,
+            target=a.target,
             workers_per_net=a.workers_per_student,
             gpus_per_net=a.gpus_per_student,
         )
