@@ -203,6 +203,45 @@ class TestSyntheticWorld:
             assert gt["fixations"][k].sum() > 0
 
 
+def test_harder_world_knobs_are_in_the_files(tmp_path):
+    """Every knob of the Table 1 world shows in the written files: frame sizes and
+    rates, audio rates, stereo, no audio stream, shared hues with different shapes,
+    occlusion; ground truth at each clip's own size and rate; deterministic."""
+    import av
+
+    from factory.synthetic import TABLE1_WORLD, tag_color, tag_shape
+
+    cfg = TABLE1_WORLD.replace(num_tags=4, clips_per_tag=3, seconds=1.0, no_audio=0.3)
+    meta = generate(str(tmp_path / "w"), cfg)
+    again = generate(str(tmp_path / "w2"), cfg)
+    assert meta["clips"] == again["clips"]
+    # two tags of one hue differ in shape (palette 4 with 4 tags: one hue each here)
+    assert np.allclose(tag_color(0, 8, 4), tag_color(4, 8, 4))
+    assert tag_shape(0, 4) != tag_shape(4, 4)
+    sizes, rates, layouts = set(), set(), set()
+    for c in meta["clips"]:
+        g = load_ground_truth(str(tmp_path / "w"), c["video_id"])
+        with av.open(str(tmp_path / "w" / c["video"])) as f:
+            v = f.streams.video[0]
+            assert (v.height, v.width) == (c["height"], c["width"])
+            assert g["maps"].shape[1:] == (c["height"], c["width"])
+            assert len(g["times"]) == round(cfg.seconds * c["fps"])
+            if c["kind"] == "no_audio_stream":
+                assert not f.streams.audio
+            else:
+                a = f.streams.audio[0]
+                assert a.rate == c["audio_rate"]
+                rates.add(a.rate)
+                layouts.add(a.layout.name)
+                assert (a.layout.name == "stereo") == c["stereo"]
+        sizes.add((c["height"], c["width"]))
+        assert c["foreign_objects"] == (0 if c["kind"] == "multi_tag" else cfg.foreign_objects)
+    assert len(sizes) >= 3 and rates == {44_100, 48_000} and layouts == {"mono", "stereo"}
+    assert any(c["occlusion"] for c in meta["clips"])
+    assert any(c["kind"] == "no_audio_stream" for c in meta["clips"])
+    assert all(c["camera_motion"] > 0 for c in meta["clips"])
+
+
 def test_holdout_is_stratified_seeded_and_never_takes_a_whole_tag():
     from factory.feature_cache import holdout_keys
 
