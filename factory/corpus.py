@@ -252,6 +252,16 @@ def read_ave(root: str) -> Listing:
 
 def _read_table(uri: str) -> pa.Table:
     data = storage.read_bytes(uri)
+    try:
+        return _parse_table(uri, data)
+    except pa.ArrowInvalid as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"manifest {uri!r}: not readable ({first}); fix the file (CSV: one header row, quoted fields closed)"
+        ) from err
+
+
+def _parse_table(uri: str, data: bytes) -> pa.Table:
     lower = uri.lower()
     if lower.endswith(".parquet"):
         return pq.read_table(io.BytesIO(data))
@@ -343,7 +353,7 @@ def list_tar_shards(src: str) -> list[str]:
     elif fs.isdir(path):
         paths = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".tar"))
     else:
-        paths = [path]
+        paths = [path] if path.endswith(".tar") and fs.isfile(path) else []
     prefix = src.split("://", 1)[0] + "://" if storage.is_remote(src) else ""
     return [prefix + p if prefix and not p.startswith(prefix) else p for p in paths]
 
@@ -431,6 +441,8 @@ def read_corpus(src: str, split: str | None = None, tag_field: str = "tag") -> L
     """Read any supported corpus: an AVE folder, a manifest file, or tar shards (a
     folder, a glob, or one ``.tar``). ``split`` keeps only that split."""
     lower = src.lower().rstrip("/")
+    if not any(ch in src for ch in "*?[") and not storage.exists(src):
+        raise ValueError(f"corpus {src!r}: not found; check the path (local or s3://)")
     if lower.endswith((".csv", ".jsonl", ".json", ".parquet")):
         listing = read_manifest(src)
     elif lower.endswith(".tar") or any(ch in src for ch in "*?["):
@@ -441,7 +453,7 @@ def read_corpus(src: str, split: str | None = None, tag_field: str = "tag") -> L
         listing = read_tar_shards(src, tag_field)
     else:
         raise ValueError(
-            f"corpus {src!r}: not an AVE folder (no {AVE_ANNOTATIONS}), not a manifest (.csv/.jsonl/.parquet) and no .tar shards found"
+            f"corpus {src!r}: not a manifest (.csv/.jsonl/.parquet), AVE folder (with {AVE_ANNOTATIONS}) or tar shard(s); see --help"
         )
     listing = listing.filter_split(split)
     log.info(

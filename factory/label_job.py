@@ -217,17 +217,21 @@ def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any
 # ---------------------------------------------------------------- the job
 
 
-def _listing(opts: LabelOptions, bundle: Bundle) -> Listing:
-    return read_corpus(opts.corpus, opts.split, opts.tag_field).restrict_to(bundle.vocabulary)
-
-
 def run_label(opts: LabelOptions) -> LabelSummary:
     from factory.raycluster import cluster_cpus, cluster_gpus, init_ray
 
     t_start = time.time()
-    init_ray(opts.address)
+    # the inputs are checked before Ray starts (seconds on a laptop, minutes on a cluster)
+    storage.check_output_root(opts.out, "--out")
+    listing = read_corpus(opts.corpus, opts.split, opts.tag_field)
+    if listing.num_inputs == 0:
+        split = f" in split {opts.split!r}" if opts.split else ""
+        raise ValueError(
+            f"corpus {opts.corpus!r}: no clips{split}; check the corpus (and --split) or see --help"
+        )
     bundle = load_bundle(opts.bundle)
-    listing = _listing(opts, bundle)
+    listing = listing.restrict_to(bundle.vocabulary)
+    init_ray(opts.address)
     store = ShardStore(opts.out)
     storage.makedirs(opts.out)
     committed = store.scan()

@@ -69,6 +69,14 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def check_output_root(uri: str, flag: str) -> None:
+    """An output root must be a folder or prefix: stop at once on an existing file."""
+    if not is_remote(uri) and os.path.isfile(uri.removeprefix("file://")):
+        raise ValueError(
+            f"{flag} {uri!r}: an existing file, not a folder; give a folder or an s3:// prefix"
+        )
+
+
 def makedirs(uri: str) -> None:
     if not is_remote(uri):
         os.makedirs(uri, exist_ok=True)

@@ -1,9 +1,11 @@
 """Put this checkout first on ``sys.path`` so ``python jobs/<job>.py`` (also inside a Ray
 job's uploaded working dir) imports the code beside it, installed or not."""
 
+import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -28,3 +30,50 @@ def setup_logging(verbose: bool = False) -> None:
         "PIL",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """Every job's argument parser: its docstring as the help text, and ``--verbose``."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="debug logging, and a traceback with any error"
+    )
+    return p
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a job's ``main``. A problem with the user's input or set-up (a ``ValueError``,
+    a missing file, a permission error) ends the job with one line on stderr, naming the
+    input, what is wrong and what to do, and exit code 2; ``--verbose`` shows the
+    traceback instead. Anything else is a bug and keeps its traceback."""
+    verbose = "--verbose" in sys.argv[1:]
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        main()
+    except (
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as err:
+        if verbose:
+            raise
+        job = os.path.basename(sys.argv[0])
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{job}: error: {message} (--verbose for the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (the parser names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -22,7 +22,6 @@ map_st_plus_long, map_st_plus_cross, map_sa_plus_long, map_sa_plus_cross, map_ca
 map_scam_prime, map (SCAM+).
 """
 
-import argparse
 import os
 
 import _bootstrap
@@ -40,17 +39,8 @@ from factory.ablate_job import (  # noqa: E402
 from factory.raycluster import REPO_ROOT  # noqa: E402
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument("--corpus", help="tagged corpus to label and distil from")
     p.add_argument("--bundle", help="teacher bundle from jobs/train.py")
     p.add_argument("--val", help="held-out clips: a corpus (tags optional) or a folder of videos")
@@ -59,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         help="their fixations: a synthetic corpus, or the STAViS layout ROOT (or ROOT::AVAD)",
     )
     p.add_argument("--out", default=None, help="output folder (default runs/ablate)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="student seeds (default 3)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="students' epochs")
+    p.add_argument(
+        "--seeds", type=_bootstrap.positive_int, default=3, help="student seeds (default 3)"
+    )
+    p.add_argument("--epochs", type=_bootstrap.positive_int, default=None, help="students' epochs")
     p.add_argument(
         "--variants",
         default=",".join(VARIANTS),
@@ -114,4 +106,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

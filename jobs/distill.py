@@ -10,7 +10,6 @@ against the pseudo-fixations. STUDENTS (a folder or s3:// prefix) is what
 jobs/predict.py reads. Rerunning resumes from the last checkpoints.
 """
 
-import argparse
 import json
 
 import _bootstrap
@@ -21,9 +20,7 @@ from factory.students_job import DistillOptions, run_distill  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--pseudo",
         required=True,
@@ -92,4 +89,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

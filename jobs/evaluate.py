@@ -12,7 +12,6 @@ Protocol: STAViS over the MIT metrics (min-max, Gaussian blur sigma 2, resize to
 ground truth; per frame, then per video, then over videos).
 """
 
-import argparse
 import os
 
 import _bootstrap
@@ -23,9 +22,7 @@ from factory.evaluate import evaluate, figure, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--pred",
         required=True,
@@ -78,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

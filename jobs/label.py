@@ -27,9 +27,7 @@ from factory.label_job import LabelOptions, run_label  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptions | None]:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--corpus", help="tagged corpus to label (AVE folder, manifest, tar shards; local or s3://)"
     )
@@ -57,17 +55,22 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
     )
     p.add_argument(
         "--actors",
-        type=int,
+        type=_bootstrap.positive_int,
         default=None,
         help="labelling actors (default: one per GPU, else CPUs - 1)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_bootstrap.positive_int,
         default=4,
         help="clips per labelling call; their frames go through the encoders together",
     )
-    p.add_argument("--clips-per-shard", type=int, default=16, help="clips per output Parquet shard")
+    p.add_argument(
+        "--clips-per-shard",
+        type=_bootstrap.positive_int,
+        default=16,
+        help="clips per output Parquet shard",
+    )
     p.add_argument(
         "--device", default="auto", help="torch device of the actors (auto: cuda if present)"
     )
@@ -176,4 +179,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

@@ -9,8 +9,6 @@ schema without the tag columns, exactly once (rerun to resume). Options: per-fra
 maps (--export-png DIR) and an overlay video per clip (--overlay-video DIR).
 """
 
-import argparse
-
 import _bootstrap
 
 _bootstrap.setup_logging()
@@ -19,9 +17,7 @@ from factory.students_job import PredictOptions, run_predict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--videos", required=True, help="a corpus or a folder / glob of videos (local or s3://)"
     )
@@ -85,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

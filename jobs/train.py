@@ -8,7 +8,6 @@ TorchTrainer each), then the fine-stage S, ST, SA on the coarse nets' crops. Rer
 the same command resumes an interrupted run, and returns at once for a finished one.
 """
 
-import argparse
 import json
 
 import _bootstrap
@@ -19,9 +18,7 @@ from factory.train_job import TrainOptions, run_train, summary_table  # noqa: E4
 
 
 def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--corpus",
         required=True,
@@ -137,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)

@@ -13,7 +13,6 @@ a layout jobs/evaluate.py reads. Without fixations the job refuses to run. Rerun
 the same command resumes an interrupted sweep without rerunning finished trials.
 """
 
-import argparse
 import json
 
 import _bootstrap
@@ -24,9 +23,7 @@ from factory.tune_job import NoFixationsError, TuneOptions, run_tune  # noqa: E4
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = _bootstrap.parser(__doc__)
     p.add_argument(
         "--bundle", required=True, help="model bundle from jobs/train.py (updated in place)"
     )
@@ -113,4 +110,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _bootstrap.run(main)
