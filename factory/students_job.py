@@ -518,7 +518,12 @@ def run_distill(opts: DistillOptions) -> dict[str, Any]:
     from factory.executors import LocalExecutor, RayExecutor
 
     t0 = time.time()
-    run_record = storage.read_json(storage.join(opts.pseudo, "run.json"))
+    record_uri = storage.join(opts.pseudo, "run.json")
+    if not storage.exists(record_uri):
+        raise ValueError(
+            f"--pseudo {opts.pseudo!r}: not a pseudo-fixation dataset (no run.json); write one with jobs/label.py"
+        )
+    run_record = storage.read_json(record_uri)
     bundle_uri = opts.bundle or run_record["arguments"]["bundle"]
     bundle = load_bundle(bundle_uri)
     preset = bundle.preset
@@ -673,9 +678,12 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
     from factory.store import ShardStore
 
     t0 = time.time()
-    init_ray(opts.address)
-    meta, preset, *_ = load_students(opts.students)
+    storage.check_output_root(opts.out, "--out")
+    meta, preset, *_ = load_students(opts.students)  # inputs checked before Ray starts
     listing = video_listing(opts.videos)
+    if not listing.num_inputs:
+        raise ValueError(f"--videos {opts.videos!r}: no videos; see --help")
+    init_ray(opts.address)
     store = ShardStore(opts.out)
     storage.makedirs(opts.out)
     committed = store.scan()

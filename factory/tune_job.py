@@ -234,8 +234,8 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
 
     t0 = time.time()
     records, truth = validation_set(opts.val, opts.val_gt, opts.max_val_clips)
+    bundle = load_bundle(opts.bundle)  # inputs checked before Ray starts
     init_ray(opts.address)
-    bundle = load_bundle(opts.bundle)
     preset = bundle.preset
     run = run_dir(TrainOptions(corpus="", out=opts.bundle))
     features = storage.join(run, "features")

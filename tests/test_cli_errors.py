@@ -111,6 +111,17 @@ def test_other_jobs_share_the_one_line_errors(tmp_path):
         str(tmp_path / "s"),
         cwd=tmp_path,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert_one_line_error(proc, "no-dataset", "not a pseudo-fixation dataset", "jobs/label.py")
+    proc = run_job(
+        "predict",
+        "--videos",
+        str(tmp_path),
+        "--students",
+        str(tmp_path / "no-students"),
+        "--out",
+        str(tmp_path / "p"),
+        cwd=tmp_path,
+    )
+    assert_one_line_error(proc, "no-students", "not a student bundle", "jobs/distill.py")
     proc = run_job("ablate", "--variants", "map_nonsense", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown variant" in proc.stderr
