@@ -150,7 +150,7 @@ class TestManifest:
             read_corpus(str(path), split="train")
 
     def test_unknown_source(self, tmp_path):
-        with pytest.raises(ValueError, match="not a manifest .*AVE folder"):
+        with pytest.raises(ValueError, match=r"not a manifest .*AVE folder"):
             read_corpus(str(tmp_path))
 
 
