@@ -178,6 +178,7 @@ def check_variants(variants: tuple[str, ...]) -> tuple[str, ...]:
 def run_ablate(opts: AblateOptions) -> AblationTable:
     from factory.bundle import load_bundle
     from factory.corpus import read_corpus
+    from factory.encoding import FrameEncoder
     from factory.executors import LocalExecutor, RayExecutor
     from factory.label_job import LabelOptions, run_label
     from factory.students_job import (
@@ -232,8 +233,6 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
 
     # 3-4. held-out clips: the students' maps, tag-free, scored per seed
     t = time.time()
-    from factory.encoding import FrameEncoder
-
     encoder = FrameEncoder(bundle.encoders, preset)
     nets = {k: n.to(encoder.device) for k, n in nets.items()}
     truths, feats, skipped = heldout_features(opts, bundle, preset, encoder)
