@@ -180,7 +180,6 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
     from factory.corpus import read_corpus
     from factory.encoding import FrameEncoder
     from factory.executors import LocalExecutor, RayExecutor
-    from factory.label_job import LabelOptions, run_label
     from factory.students_job import (
         StudentRun,
         build_student_cache,
@@ -201,16 +200,7 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
     # 1. the training corpus labelled with every variant
     pseudo = storage.join(opts.out, "pseudo")
     t = time.time()
-    label = run_label(
-        LabelOptions(
-            corpus=opts.corpus,
-            bundle=opts.bundle,
-            out=pseudo,
-            ablation=True,
-            postprocess=opts.postprocess,
-            address=opts.address,
-        )
-    )
+    label = label_variants(opts, opts.corpus, pseudo)
     timings["label"] = time.time() - t
     check_columns(pseudo, variants)
 
@@ -268,6 +258,23 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
 
 
 M_CENTRE = "centre prior"
+
+
+def label_variants(opts: AblateOptions, corpus: str, out: str, preview: bool = True) -> Any:
+    """The label job with every variant's map (``--ablation``) and the run's post-processing."""
+    from factory.label_job import LabelOptions, run_label
+
+    return run_label(
+        LabelOptions(
+            corpus=corpus,
+            bundle=opts.bundle,
+            out=out,
+            ablation=True,
+            postprocess=opts.postprocess,
+            address=opts.address,
+            preview=preview,
+        )
+    )
 
 
 def heldout_features(
@@ -379,7 +386,6 @@ def raw_scores(
     raw map; {} when they have no tags the bundle knows (e.g. a folder of videos)."""
     from factory.corpus import read_corpus
     from factory.evaluate import evaluate
-    from factory.label_job import LabelOptions, run_label
 
     try:
         listing = read_corpus(opts.val).restrict_to(bundle.vocabulary)
@@ -390,17 +396,7 @@ def raw_scores(
         log.info("raw maps not scored: no held-out clip has a tag the bundle knows")
         return {}
     out = storage.join(opts.out, "heldout-labels")
-    run_label(
-        LabelOptions(
-            corpus=opts.val,
-            bundle=opts.bundle,
-            out=out,
-            ablation=True,
-            postprocess=opts.postprocess,
-            address=opts.address,
-            preview=False,
-        )
-    )
+    label_variants(opts, opts.val, out, preview=False)
     report = evaluate(out, opts.val_gt, [v for v in variants], fps=opts.gt_fps, use_ray=False)
     names = {MAP_NAMES.get(v, v): v for v in variants}
     return {
