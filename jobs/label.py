@@ -134,9 +134,14 @@ def print_summary(summary) -> None:  # noqa: ANN001
     )
     for reason, n in summary.reject_reasons.items():
         print(f"  reject x{n}: {reason}")
-    print(
-        f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total"
-    )
+    if summary.new_clips:
+        print(
+            f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total"
+        )
+    else:  # a rerun of a finished dataset
+        print(
+            f"nothing new: every input was already committed by an earlier run ({summary.seconds} s)"
+        )
     print(
         f"files:    {os.path.join(summary.out, 'run.json')}, rejects.parquet, _manifest.json, preview.png"
     )
