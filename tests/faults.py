@@ -128,8 +128,15 @@ removed = {}
 def remover():
     if not wait_for_shards(os.path.join(out, "shards"), 1):
         return
-    from ray.util.state import list_actors
-    nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "LabelActor" in (a.class_name or "")}
+    # the labelling actor's node if the state API answers (it may not while another Ray
+    # instance runs on this machine, as the test session's own does); else the first worker:
+    # a node is removed mid-run either way, never silently skipped by a dead thread
+    try:
+        from ray.util.state import list_actors
+        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "LabelActor" in (a.class_name or "")}
+    except Exception as err:
+        print(f"state API unavailable ({err}); removing the first worker node", flush=True)
+        nodes = set()
     victim = next((w for w in workers if w.node_id in nodes), workers[0])
     cluster.remove_node(victim)
     removed["node"] = victim.node_id
