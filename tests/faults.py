@@ -133,7 +133,7 @@ def remover():
     # a node is removed mid-run either way, never silently skipped by a dead thread
     try:
         from ray.util.state import list_actors
-        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "LabelActor" in (a.class_name or "")}
+        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=10) if "LabelActor" in (a.class_name or "")}
     except Exception as err:
         print(f"state API unavailable ({err}); removing the first worker node", flush=True)
         nodes = set()
