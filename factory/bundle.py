@@ -27,18 +27,26 @@ from factory.config import Preset, from_dict
 from factory.weights import build_encoders
 from models.config import CGCNConfig
 from models.encoders import Encoders
-from models.registry import NETS, build_net
+from models.registry import NETS, build_net, plus_nets, split_term
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
-LABELER_NETS = ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine", "S+", "ST+", "SA+", "switch")
 FINE_SUFFIX = "_fine"
 
 
+def labeler_nets(preset: Preset) -> tuple[str, ...]:
+    """Every net the labeler reads: coarse and fine S, ST, SA, the ``+`` nets (8, one per
+    pair, or 3 shared: ``preset.plus_weights``) and the audio switch."""
+    return (
+        "S", "ST", "SA", "S_fine", "ST_fine", "SA_fine", *plus_nets(preset.plus_weights), "switch"
+    )  # fmt: skip
+
+
 def base_name(net: str) -> str:
-    """Registry entry of a bundle net name (``S_fine`` -> ``S``; ``audio@fold0`` -> ``audio``)."""
-    return net.split("@")[0].removesuffix(FINE_SUFFIX)
+    """Registry entry of a bundle net name (``S_fine`` -> ``S``; ``audio@fold0`` ->
+    ``audio``; ``ST+long`` -> ``ST+``)."""
+    return split_term(net.split("@")[0].removesuffix(FINE_SUFFIX))[0]
 
 
 def code_version() -> str:
@@ -136,8 +144,9 @@ class Bundle:
 
 
 def build_nets(
-    preset: Preset, num_classes: int, names: tuple[str, ...] = LABELER_NETS
+    preset: Preset, num_classes: int, names: tuple[str, ...] | None = None
 ) -> dict[str, nn.Module]:
+    """The named nets (default: every net the labeler reads), untrained."""
     return {
         name: build_net(
             base_name(name),
@@ -146,12 +155,13 @@ def build_nets(
             preset.head_hidden,
             preset.cgcn,
             preset.head_convs,
+            preset.plus_init,
         )
-        for name in names
+        for name in (labeler_nets(preset) if names is None else names)
     }
 
 
-def load_bundle(uri: str, required: tuple[str, ...] = LABELER_NETS, verify: bool = True) -> Bundle:
+def load_bundle(uri: str, required: tuple[str, ...] | None = None, verify: bool = True) -> Bundle:
     """Load and check a bundle. Raises :class:`BundleError` naming what is missing or
     inconsistent."""
     meta_uri = storage.join(uri, "bundle.json")
@@ -164,6 +174,8 @@ def load_bundle(uri: str, required: tuple[str, ...] = LABELER_NETS, verify: bool
         raise BundleError(
             f"bundle {uri!r} has format {meta.get('format')}, this code reads format {BUNDLE_FORMAT}"
         )
+    if required is None:
+        required = labeler_nets(from_dict(meta["preset"]))
     missing_nets = [n for n in required if n not in meta.get("nets", [])]
     files = ["encoders.pt"] + [f"nets/{n}.pt" for n in meta.get("nets", [])]
     missing_files = [f for f in files if not storage.exists(storage.join(uri, f))]

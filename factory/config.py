@@ -118,6 +118,12 @@ class LabelConfig:
     channels_last: bool = True
     reject_silent: bool = False  # True: a clip without an audio stream is a reject
     multi_tag_rule: str = "confidence"  # per-tag SCAM+ maps weighted by selected confidence
+    # C_X of Eq. 2/3/8: "sigmoid" (per class, as the Eq. 7 loss) or "softmax" (over the
+    # classes, the authors' code). See factory.equations.class_confidences.
+    confidence: str = "sigmoid"
+    # A frame where no source ranks the tag first: "flat" (Eq. 2 / 8 as written: an
+    # all-zero map) or "average" (the sources' mean). See factory.equations.NO_SOURCE.
+    no_source: str = "flat"
     frame_chunk: int = 64  # frames per encoder call (bounds activation memory)
 
 
@@ -135,6 +141,20 @@ class Preset:
     # 0: the paper's plain classifier for every net (Sec. 3.3, 1x1 conv + GAP; it also
     # keeps the CAMs of ST / SA as sharp as S's); None: the authors' code (three 3x3 convs).
     head_convs: int | None = 0
+    # The + nets: ``pair`` = 8 nets, one per (type, term) pair, as the paper trains them;
+    # ``type`` = 3 nets shared by their terms (a deviation, measured in bench/RESULTS.md).
+    plus_weights: str = "pair"
+    # Initialisation of the two layers of a + net that read class maps (the C-GCN's Eq.
+    # 10 affinity 1x1 convs and the classifier after it): ``identity`` (ours) or
+    # ``normal`` (normal(0, 0.01), the authors' value for every new layer). See
+    # models/classifiers.PlusNet for why.
+    plus_init: str = "identity"
+
+    def __post_init__(self) -> None:
+        if self.plus_weights not in ("pair", "type"):
+            raise ValueError(f"plus_weights {self.plus_weights!r}: expected 'pair' or 'type'")
+        if self.plus_init not in ("identity", "normal"):
+            raise ValueError(f"plus_init {self.plus_init!r}: expected 'identity' or 'normal'")
 
     def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -218,4 +238,8 @@ def from_dict(d: dict[str, Any]) -> Preset:
         cgcn=CGCNConfig(**d["cgcn"]),
         head_hidden=d["head_hidden"],
         head_convs=d.get("head_convs", 0),
+        # Bundles saved before these settings existed were trained with 3 shared + nets
+        # initialised normal(0, 0.01): read them as what they are.
+        plus_weights=d.get("plus_weights", "type"),
+        plus_init=d.get("plus_init", "normal"),
     )

@@ -55,8 +55,22 @@ def class_activation_map(class_maps: torch.Tensor, class_index: torch.Tensor) ->
     return minmax_normalize(F.relu(picked))
 
 
-def class_confidences(logits: torch.Tensor) -> torch.Tensor:
-    """``C_X``: per-class sigmoid of the pooled logits (matches the Eq. 7 loss)."""
+CONFIDENCES = ("sigmoid", "softmax")
+
+
+def class_confidences(logits: torch.Tensor, kind: str = "sigmoid") -> torch.Tensor:
+    """``C_X`` from the pooled logits (..., c). ``sigmoid``: per class, as the Eq. 7 loss
+    reads them (the default); ``softmax``: over the classes, as the authors' code reads
+    them. Both rank the classes alike, so Eq. 3's choice of sources is the same; only
+    the weights of Eq. 2 / 8 differ (a softmax cannot saturate every class at once).
+
+    >>> class_confidences(torch.tensor([0.0, 0.0]), "softmax")
+    tensor([0.5000, 0.5000])
+    """
+    if kind == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if kind != "sigmoid":
+        raise ValueError(f"confidences {kind!r}: one of {', '.join(CONFIDENCES)}")
     return torch.sigmoid(logits)
 
 
@@ -71,16 +85,40 @@ def soft_filter(confidences: torch.Tensor, class_index: torch.Tensor) -> torch.T
     return torch.where(ranked_first, conf_i, torch.zeros_like(conf_i))
 
 
+# What Eq. 2 / 8 give on a frame where no source ranks the tag first (the paper is
+# silent). ``flat``: the equation as written, (0 + lambda) / (0 + lambda) = 1 everywhere,
+# which Z turns into an all-zero map; ``average``: the plain mean of the sources there
+# (AC over them; zero maps of sources that could not run change nothing after Z).
+NO_SOURCE = ("flat", "average")
+
+
+def no_source_fallback(weights: torch.Tensor, rule: str = "flat") -> torch.Tensor:
+    """Soft-filtered weights (B, K) with the ``NO_SOURCE`` rule applied: under
+    ``average`` a row of zeros becomes a row of ones.
+
+    >>> no_source_fallback(torch.tensor([[0.0, 0.0], [0.0, 0.7]]), "average")
+    tensor([[1.0000, 1.0000],
+            [0.0000, 0.7000]])
+    """
+    if rule not in NO_SOURCE:
+        raise ValueError(f"no-source rule {rule!r}: one of {', '.join(NO_SOURCE)}")
+    if rule == "flat":
+        return weights
+    none = (weights.sum(dim=-1, keepdim=True) == 0).expand_as(weights)
+    return torch.where(none, torch.ones_like(weights), weights)
+
+
 def selective_fusion(
-    cams: torch.Tensor, weights: torch.Tensor, lam: float = SCAM_LAMBDA
+    cams: torch.Tensor, weights: torch.Tensor, lam: float = SCAM_LAMBDA, no_source: str = "flat"
 ) -> torch.Tensor:
     """The fusion shared by Eq. 2 and Eq. 8:
     ``Z( (sum_k w_k * Phi_k + lambda) / (sum_k w_k + lambda) )``.
 
     ``cams`` (B, K, H, W), ``weights`` (B, K) (already soft-filtered) -> (B, H, W).
     Per pixel it is the weight-averaged CAM; with every weight 0 the map is constant
-    and Z makes it all zeros.
+    and Z makes it all zeros (``no_source="flat"``), or the sources' mean (``average``).
     """
+    weights = no_source_fallback(weights, no_source)
     w = weights.to(cams.dtype)[..., None, None]
     fused = ((w * cams).sum(dim=1) + lam) / (w.sum(dim=1) + lam)
     return minmax_normalize(fused)
@@ -91,14 +129,16 @@ def scam(
     confidences: torch.Tensor,
     class_index: torch.Tensor,
     lam: float = SCAM_LAMBDA,
+    no_source: str = "flat",
 ) -> torch.Tensor:
     """Eq. 2, SCAM over the sources S, ST, SA.
 
     ``cams`` (B, K, H, W) the sources' CAMs for the tag, ``confidences`` (B, K, c) their
-    class confidences, ``class_index`` (B,) the tag -> (B, H, W).
+    class confidences, ``class_index`` (B,) the tag -> (B, H, W). ``no_source``: see
+    :data:`NO_SOURCE`.
     """
     weights = soft_filter(confidences, class_index[:, None].expand(-1, cams.shape[1]))
-    return selective_fusion(cams, weights, lam)
+    return selective_fusion(cams, weights, lam, no_source)
 
 
 def scam_plus(
@@ -107,6 +147,7 @@ def scam_plus(
     class_index: torch.Tensor,
     lam: float = SCAM_LAMBDA,
     low_res: torch.Tensor | None = None,
+    no_source: str = "flat",
 ) -> torch.Tensor:
     """Eq. 8, SCAM+: the same selective fusion over the 3 fine-stage SCAM sources and the
     8 multigranularity (confidence, CAM) pairs, all in full-frame coordinates at one
@@ -118,10 +159,10 @@ def scam_plus(
     Phi_k)``: one upsample replaces K2 (the labeler's largest GPU cost before this).
     """
     if low_res is None:
-        return scam(cams, confidences, class_index, lam)
+        return scam(cams, confidences, class_index, lam, no_source)
     k1 = cams.shape[1]
     weights = soft_filter(confidences, class_index[:, None].expand(-1, confidences.shape[1]))
-    w = weights.to(cams.dtype)[..., None, None]
+    w = no_source_fallback(weights, no_source).to(cams.dtype)[..., None, None]
     low = (w[:, k1:] * low_res.to(cams.dtype)).sum(dim=1, keepdim=True)
     up = F.interpolate(low, size=cams.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     fused = ((w[:, :k1] * cams).sum(dim=1) + up + lam) / (w.sum(dim=1) + lam)

@@ -61,6 +61,8 @@ class LabelOptions:
     split: str | None = None
     ablation: bool = False
     postprocess: str = "none"  # "authors": 5-frame smoothing, < 3 x mean -> 0 (every map)
+    confidence: str | None = None  # Eq. 2/3/8's C_X, "sigmoid" / "softmax"; None: the bundle's
+    no_source: str | None = None  # frames no source selects, "flat" / "average"; None: the bundle's
     export_png: str | None = None
     actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
     batch_size: int = 4  # clips per labelling call (their frames are encoded together)
@@ -108,6 +110,8 @@ class LabelActor:
         ablation: bool,
         reject_silent: bool,
         postprocess: str = "none",
+        confidence: str | None = None,
+        no_source: str | None = None,
     ) -> None:
         from factory.labeler import Labeler
         from factory.pool import PoolSource
@@ -120,6 +124,8 @@ class LabelActor:
             dtype=dtype,
             ablation=ablation,
             postprocess=postprocess,
+            confidence=confidence,
+            no_source=no_source,
         )
         self.ablation = ablation
         self.reject_silent = reject_silent
@@ -288,6 +294,8 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "ablation": opts.ablation,
                 "reject_silent": opts.reject_silent,
                 "postprocess": opts.postprocess,
+                "confidence": opts.confidence,
+                "no_source": opts.no_source,
             },
             actors,
             gpus_per_actor,

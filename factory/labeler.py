@@ -38,20 +38,10 @@ from factory.encoding import FrameEncoder, normalize_frames, resize_square
 from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
 from factory.pool import PoolEntries, PoolSource
 from factory.postprocess import POSTPROCESS
-from models.registry import NETS
+from models.registry import NETS, PLUS_PAIRS, plus_net, split_term
 
 log = logging.getLogger(__name__)
 
-PLUS_PAIRS = (
-    ("S+", "short"),
-    ("S+", "long"),
-    ("S+", "cross"),
-    ("ST+", "short"),
-    ("ST+", "long"),
-    ("ST+", "cross"),
-    ("SA+", "long"),
-    ("SA+", "cross"),
-)
 SOURCES = ("S", "ST", "SA", *tuple(f"{net}{term}" for net, term in PLUS_PAIRS))
 # The column of each multigranularity pair's own CAM: ("S+", "short") -> "s_plus_short".
 PAIR_MAPS = tuple(f"{net[:-1].lower()}_plus_{term}" for net, term in PLUS_PAIRS)
@@ -126,9 +116,19 @@ class Labeler:
         channels_last: bool = True,
         frame_chunk: int | None = None,
         postprocess: str = "none",
+        confidence: str | None = None,
+        no_source: str | None = None,
     ) -> None:
+        """``confidence`` / ``no_source``: the rules of Eq. 2/3/8 (see
+        :class:`factory.config.LabelConfig`); None = the bundle's preset's."""
         if postprocess not in POSTPROCESS:
             raise ValueError(f"postprocess {postprocess!r}: one of {', '.join(POSTPROCESS)}")
+        self.confidence = confidence or bundle.preset.label.confidence
+        self.no_source = no_source or bundle.preset.label.no_source
+        if self.confidence not in eq.CONFIDENCES:
+            raise ValueError(f"confidence {self.confidence!r}: one of {', '.join(eq.CONFIDENCES)}")
+        if self.no_source not in eq.NO_SOURCE:
+            raise ValueError(f"no_source {self.no_source!r}: one of {', '.join(eq.NO_SOURCE)}")
         self.bundle = bundle
         self.pool = pool
         self.ablation = ablation
@@ -217,7 +217,7 @@ class Labeler:
                 m = net.forward_features(part)
             m = m.float()
             maps.append(m)
-            confs.append(eq.class_confidences(net.forward_head(m)))
+            confs.append(eq.class_confidences(net.forward_head(m), self.confidence))
         return torch.cat(maps), torch.cat(confs)
 
     def _cam(self, maps: torch.Tensor, tag: int, size: tuple[int, int]) -> torch.Tensor:
@@ -240,7 +240,7 @@ class Labeler:
         pool: PoolEntries | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class maps, confidences, valid mask) of a bundle net over every frame."""
-        spec = NETS[name.removesuffix("_fine")].spec
+        spec = NETS[split_term(name.removesuffix("_fine"))[0]].spec
         targets = np.arange(feats["gate"].shape[0])
         inputs, valid = gather_inputs(
             spec, feats, targets, stage=stage, term=term, key=key, settings=self.settings, pool=pool
@@ -277,7 +277,7 @@ class Labeler:
             confs.append(conf)
         cams_c, confs_c = torch.stack(cams, 1), for_tag(torch.stack(confs, 1), other_tags)
         idx = torch.full((t,), tag, dtype=torch.long, device=self.device)
-        return cams_c, confs_c, eq.scam(cams_c, confs_c, idx)
+        return cams_c, confs_c, eq.scam(cams_c, confs_c, idx, no_source=self.no_source)
 
     @torch.inference_mode()
     def fine_features(self, frames: torch.Tensor, boxes: torch.Tensor) -> ClipFeatures:
@@ -346,7 +346,13 @@ class Labeler:
                 cache_key = (n, term, tag if term == "cross" else None)
                 if cache_key not in plus_cache:
                     pool = self.pool_features(tag) if term == "cross" else None
-                    maps, conf, valid = self.run_net(n, feats, clip.key, term=term, pool=pool)
+                    maps, conf, valid = self.run_net(
+                        plus_net(n, term, self.bundle.preset.plus_weights),
+                        feats,
+                        clip.key,
+                        term=term,
+                        pool=pool,
+                    )
                     if term == "cross":
                         counters["cross_missing"] += int((~valid).sum())
                     plus_cache[cache_key] = (maps, conf * valid[:, None])
@@ -356,9 +362,15 @@ class Labeler:
             all_confs = torch.cat([confs_f_t, for_tag(torch.stack(confs_p, 1), others)], dim=1)
             selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
             per_tag_maps.append(
-                eq.scam_plus(cams_f_t, all_confs, idx, low_res=torch.stack(cams_p, 1))
+                eq.scam_plus(
+                    cams_f_t,
+                    all_confs,
+                    idx,
+                    low_res=torch.stack(cams_p, 1),
+                    no_source=self.no_source,
+                )
             )
-            per_tag_weight.append(selected.sum(1))
+            per_tag_weight.append(eq.no_source_fallback(selected, self.no_source).sum(1))
             per_tag_conf.append(selected)
             boxes_all.append(boxes)
             fallback_all.append(fell_back)
@@ -380,10 +392,10 @@ class Labeler:
                     "cam_st_fine": cams_f_t[:, 1],
                     "cam_sa_fine": cams_f_t[:, 2],
                     "ac_fine": eq.average_cam(cams_f_t[:, :n_src]),
-                    "scam_fine": eq.scam(cams_f_t, confs_f_t, idx),
+                    "scam_fine": eq.scam(cams_f_t, confs_f_t, idx, no_source=self.no_source),
                     **{name: cams_up[:, k] for k, name in enumerate(PAIR_MAPS)},
                     "cam_prime": eq.average_cam(cams_up[:, :n_pairs]),
-                    "scam_prime": eq.scam(cams_up, confs_p_t, idx),
+                    "scam_prime": eq.scam(cams_up, confs_p_t, idx, no_source=self.no_source),
                 }
                 for name, value in variants.items():
                     ablation[name].append(value)

@@ -9,7 +9,8 @@ Phases (each resumable; a rerun of a finished run returns the same bundle):
    the frozen encoders (an actor pool) into the feature cache (:mod:`factory.feature_cache`);
 2. switch labels: the audio tagger (two folds, each labels the clips it did not see, so
    labels are honest) or a user-supplied tagger gives each frame's audio switch label;
-3. coarse nets: S, ST, SA, S+, ST+, SA+ and the audio switch, one TorchTrainer each,
+3. coarse nets: S, ST, SA, the 8 + nets (S+short ... SA+cross) and the audio switch,
+   one TorchTrainer each,
    launched together by a Ray Tune driver function with a grid over the net names;
 4. fine features: the coarse nets' boxes (the labeler's code) crop t-1, t, t+1, encoded
    at the fine size;
@@ -53,10 +54,17 @@ from factory.feature_cache import (
 )
 from factory.pipeline import OK, deserialize_clip, from_batch
 from factory.rejects import ClipError
+from models.registry import plus_nets
 
 log = logging.getLogger(__name__)
 
-COARSE_NETS = ("switch", "S", "ST", "SA", "S+", "ST+", "SA+")
+
+def coarse_nets(preset: Preset) -> tuple[str, ...]:
+    """Phase 3's nets: the audio switch, S, ST, SA and the + nets (8 or 3, see
+    ``Preset.plus_weights``)."""
+    return ("switch", "S", "ST", "SA", *plus_nets(preset.plus_weights))
+
+
 FINE_NETS = ("S_fine", "ST_fine", "SA_fine")
 TAGGER_FOLDS = ("audio@fold0", "audio@fold1")
 
@@ -70,6 +78,8 @@ class TrainOptions:
     epochs: int | None = None
     pretrain_epochs: int | None = None
     fine_tune: bool = False
+    plus_weights: str = "pair"  # see Preset.plus_weights
+    plus_init: str = "identity"  # see Preset.plus_init
     workers_per_net: int = 1
     gpus_per_net: float = 0.0
     cpus_per_worker: float | None = None  # default: what fits all nets of a phase at once
@@ -102,7 +112,11 @@ def build_preset(opts: TrainOptions) -> Preset:
         if not changes.get("pretrain_epochs", train.pretrain_epochs):
             changes["pretrain_epochs"] = max(train.epochs // 3, 1)
     changes.update({k: v for k, v in opts.overrides.items() if hasattr(train, k)})
-    return p.replace(train=dataclasses.replace(train, **changes))
+    return p.replace(
+        train=dataclasses.replace(train, **changes),
+        plus_weights=opts.plus_weights,
+        plus_init=opts.plus_init,
+    )
 
 
 def signature(listing: Listing, preset: Preset, opts: TrainOptions) -> str:
@@ -429,7 +443,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
         make_pool(storage.join(run, "features"), listing.records, preset, extra)
     )
     coarse = executor.fit_nets(
-        COARSE_NETS,
+        coarse_nets(preset),
         "coarse",
         {**switch_common, "pool": pool, "cache": files(storage.join(run, "features"))},
     )

@@ -29,7 +29,7 @@ from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
 from factory.losses import multilabel_soft_margin
 from factory.pool import PoolSource
 from factory.windows import target_frames
-from models.registry import NETS, InputSpec
+from models.registry import NETS, InputSpec, split_term
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _stage(name: str) -> str:
 
 
 def _base(name: str) -> str:
-    return name.split("@")[0].removesuffix("_fine")
+    return split_term(name.split("@")[0].removesuffix("_fine"))[0]
 
 
 @dataclass
@@ -71,6 +71,13 @@ class NetTask:
     @property
     def spec(self) -> InputSpec:
         return NETS[_base(self.name)].spec
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The multigranularity terms this net is trained on: its own term for a pair
+        net (``ST+long``), every term of its type for a shared one (``ST+``)."""
+        term = split_term(self.name.split("@")[0])[1]
+        return (term,) if term else self.spec.terms
 
     @property
     def stage(self) -> str:
@@ -99,8 +106,9 @@ class NetTask:
             )
             return [(inputs, self._labels(clip, targets))]
         out = []
-        for k, term in enumerate(spec.terms):
-            chosen = targets[(np.arange(len(targets)) + epoch + k) % len(spec.terms) == 0]
+        terms = self.terms
+        for k, term in enumerate(terms):
+            chosen = targets[(np.arange(len(targets)) + epoch + k) % len(terms) == 0]
             if len(chosen) == 0:
                 continue
             pool = (

@@ -1,7 +1,7 @@
 """The tune job: search the C-GCN's reasoning steps ``m``, multigranularity nodes ``n``
 and the refine layer's ``Td`` / ``Tr`` with Ray Tune, before the students are distilled.
 
-Each trial refits S+, ST+ and SA+ with its settings (the bundle's trained S, ST, SA,
+Each trial refits the + nets (the 8 pair nets) with its settings (the bundle's trained S, ST, SA,
 fine nets, switch and encoders are reused, as the paper does), one epoch at a time;
 after every epoch it labels a validation set that has fixations with SCAM+ and reports
 CC (the objective by default), NSS, AUC-J and SIM. ASHA stops weak trials early. The
@@ -28,7 +28,10 @@ import torch
 from factory import storage
 from factory.bundle import load_bundle
 from models.config import CGCNConfig
-from models.registry import PLUS_NETS
+from models.registry import PLUS_PAIRS, plus_nets
+
+# The + pairs as the labeler names them in its confidences (S+short ... SA+cross).
+PLUS_SOURCES = tuple(f"{net}{term}" for net, term in PLUS_PAIRS)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, flo
 
 
 def trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: refit S+, ST+, SA+ with this trial's settings, one
+    """Ray Tune function trainable: refit the + nets with this trial's settings, one
     epoch at a time, label and score the validation set after each."""
     from ray import tune
 
@@ -146,7 +149,8 @@ def trial(config: dict[str, Any]) -> None:
     inputs = pickle.loads(storage.read_bytes(common["inputs"]))
     pool = PoolSource(inputs["train_pool"])
     trainables = {
-        name: build_trainable(name, preset, bundle.vocabulary, pool, device) for name in PLUS_NETS
+        name: build_trainable(name, preset, bundle.vocabulary, pool, device)
+        for name in plus_nets(preset.plus_weights)
     }
     start = 0
     ckpt = tune.get_checkpoint()
@@ -170,11 +174,15 @@ def trial(config: dict[str, Any]) -> None:
         for name, (net, *_rest) in trainables.items():
             bundle.nets[name] = net.eval()
         labeler = Labeler(bundle, PoolSource(inputs["val_pool"]), device=str(device))
-        per_video = [
-            score_maps(labeler.label(c, list(tags)).maps, c.times, truth[c.key])
-            for c, tags in val_clips
-        ]
+        per_video, selected = [], []
+        for c, tags in val_clips:
+            labels = labeler.label(c, list(tags))
+            per_video.append(score_maps(labels.maps, c.times, truth[c.key]))
+            selected.append(np.stack([labels.confidences[s] > 0 for s in PLUS_SOURCES]))
         metrics = {m: float(np.mean([v[m] for v in per_video])) for m in METRICS}
+        # how often Eq. 3 selects each + pair on the validation frames (a flat sweep's cause)
+        sel = np.concatenate(selected, axis=1).mean(axis=1) if selected else np.zeros(0)
+        metrics.update({f"selected/{s}": float(f) for s, f in zip(PLUS_SOURCES, sel, strict=True)})
         with __import__("tempfile").TemporaryDirectory() as d:
             torch.save(
                 {
@@ -341,8 +349,12 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
                     **{k: cfg[k] for k in ("m", "n", "td", "tr")},
                     **{m: r.metrics.get(m) for m in METRICS},
                     "epochs": r.metrics["epoch"],
+                    "selected": {s: r.metrics.get(f"selected/{s}") for s in PLUS_SOURCES},
                 }
             )
+    flat = flat_objective(rows, opts.metric)
+    if flat:
+        log.warning("%s", flat)
     cfg = best.config.get("setting") or best.config
     best_cfg = {
         "m": int(cfg["m"]),
@@ -355,9 +367,36 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
         "best": best_cfg,
         "metrics": {m: best.metrics.get(m) for m in METRICS},
         "trials": rows,
+        "flat": flat,
         "seconds": round(time.time() - t0, 1),
         "experiment": experiment,
     }
+
+
+# Trials whose objective spans less than this say the settings changed nothing.
+FLAT_OBJECTIVE = 0.01
+
+
+def flat_objective(rows: list[dict[str, Any]], metric: str) -> str:
+    """A warning when the sweep's objective is flat across trials (best - worst below
+    ``FLAT_OBJECTIVE``), naming the + pairs that Eq. 3 never selected on the validation
+    frames (then the C-GCN's settings cannot reach the pseudo-fixation); else ''.
+
+    """
+    scores = [r[metric] for r in rows if r.get(metric) is not None]
+    if len(scores) < 2 or max(scores) - min(scores) >= FLAT_OBJECTIVE:
+        return ""
+    never = [s for s in PLUS_SOURCES if all(not (r.get("selected") or {}).get(s) for r in rows)]
+    tail = (
+        f"; + pairs never selected by Eq. 3 on the validation frames: {', '.join(never)}"
+        if never
+        else "; every + pair was selected on some validation frames"
+    )
+    return (
+        f"the sweep's {metric} is flat: {min(scores):.4f} to {max(scores):.4f} over "
+        f"{len(scores)} trials (< {FLAT_OBJECTIVE} apart), so m, n, Td, Tr changed nothing "
+        f"measurable{tail}"
+    )
 
 
 def write_best(
@@ -377,8 +416,9 @@ def write_best(
         steps=best_cfg["m"], nodes=best_cfg["n"], td=best_cfg["td"], tr=best_cfg["tr"]
     )
     bundle.preset = bundle.preset.replace(cgcn=settings)
-    new = build_nets(bundle.preset, bundle.num_classes, PLUS_NETS)
-    for name in PLUS_NETS:
+    names = plus_nets(bundle.preset.plus_weights)
+    new = build_nets(bundle.preset, bundle.num_classes, names)
+    for name in names:
         new[name].load_state_dict(state[name]["net"])
         bundle.nets[name] = new[name]
     bundle.tuned = {

@@ -48,6 +48,20 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         "values below 3 x mean set to 0); off by default, as in the paper",
     )
     p.add_argument(
+        "--confidence",
+        default=None,
+        choices=["sigmoid", "softmax"],
+        help="how Eq. 2/3/8 read a net's class confidences: per-class sigmoid (the Eq. 7 "
+        "loss's) or softmax over the classes (the authors' code's); default: the bundle's",
+    )
+    p.add_argument(
+        "--no-source",
+        default=None,
+        choices=["flat", "average"],
+        help="a frame where no source ranks the tag first: flat (Eq. 2/8 as written, an "
+        "all-zero map) or average (the sources' mean); default: the bundle's",
+    )
+    p.add_argument(
         "--export-png",
         default=None,
         metavar="DIR",
@@ -112,6 +126,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         split=a.split,
         ablation=a.ablation,
         postprocess=a.postprocess,
+        confidence=a.confidence,
+        no_source=a.no_source,
         export_png=a.export_png,
         actors=a.actors,
         batch_size=a.batch_size,

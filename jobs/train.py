@@ -46,6 +46,20 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         action="store_true",
         help="fine-tune the shared encoders on the corpus before fitting the nets",
     )
+    p.add_argument(
+        "--plus-weights",
+        default="pair",
+        choices=["pair", "type"],
+        help="pair: 8 + nets, one per (type, term) pair, as the paper trains them; type: 3 "
+        "nets (S+, ST+, SA+) shared by their terms (not the paper's; for comparison)",
+    )
+    p.add_argument(
+        "--plus-init",
+        default="identity",
+        choices=["identity", "normal"],
+        help="the + nets' class-map layers (C-GCN affinity convs, classifier): identity "
+        "(default) or normal(0, 0.01) as the authors' code",
+    )
     p.add_argument("--workers-per-net", type=int, default=1, help="data-parallel workers per net")
     p.add_argument(
         "--gpus-per-net", type=float, default=0.0, help="GPUs per net (split over its workers)"
@@ -110,6 +124,8 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         epochs=a.epochs,
         pretrain_epochs=a.pretrain_epochs,
         fine_tune=a.fine_tune,
+        plus_weights=a.plus_weights,
+        plus_init=a.plus_init,
         workers_per_net=a.workers_per_net,
         gpus_per_net=a.gpus_per_net,
         cpus_per_worker=a.cpus_per_worker,

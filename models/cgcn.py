@@ -66,6 +66,24 @@ def node_messages(states: torch.Tensor, keys: torch.Tensor, fused: bool = True) 
     return out.transpose(-1, -2)
 
 
+INITS = ("identity", "normal")
+
+
+def init_class_map_conv(conv: nn.Conv2d, init: str) -> None:
+    """Initialise a square 1x1 conv that reads class maps: ``identity`` (weight = I, bias
+    0: the layer starts as a pass-through, so Eq. 10 starts as the class maps' own
+    spatial affinity ``R(h_a)^T R(h_b)``) or ``normal`` (normal(0, 0.01), bias 0: the
+    authors' value for every new layer)."""
+    if init not in INITS:
+        raise ValueError(f"init {init!r}: one of {', '.join(INITS)}")
+    if init == "identity":
+        with torch.no_grad():
+            conv.weight.copy_(torch.eye(conv.out_channels, conv.in_channels)[..., None, None])
+    else:
+        nn.init.normal_(conv.weight, std=NEW_LAYER_INIT_STD)
+    nn.init.zeros_(conv.bias)
+
+
 class CGCN(nn.Module):
     """Conservative GCN: ``forward(nodes)`` with nodes (B, 1 + n, c, h, w), node 0 = TA,
     returns the node states after m steps, same shape.
@@ -75,7 +93,7 @@ class CGCN(nn.Module):
     (1, 3, 4, 5, 5)
     """
 
-    def __init__(self, channels: int, cfg: CGCNConfig) -> None:
+    def __init__(self, channels: int, cfg: CGCNConfig, init: str = "normal") -> None:
         super().__init__()
         self.cfg = cfg
         # One Conv1x1 of Eq. 10 per reasoning step (the step's own edge weights).
@@ -83,8 +101,7 @@ class CGCN(nn.Module):
             nn.Conv2d(channels, channels, 1) for _ in range(cfg.steps)
         )
         for conv in self.affinity_convs:
-            nn.init.normal_(conv.weight, std=NEW_LAYER_INIT_STD)
-            nn.init.zeros_(conv.bias)
+            init_class_map_conv(conv, init)
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
         b, n, c, h, w = nodes.shape

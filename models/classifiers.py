@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from models.cgcn import CGCN
+from models.cgcn import CGCN, init_class_map_conv
 from models.config import NEW_LAYER_INIT_STD, HeadConfig, NetConfig
 from models.fuse import SAFuse, STFuse
 
@@ -172,16 +172,26 @@ class PlusNet(ClassificationNet):
     4.3.1: "the final status h^m_TA will be fed into a classifier"; the classifier of
     Sec. 3.3 is a 1x1 conv to c, then GAP). The CAM is read from that classifier's maps.
     The classifier matters: the C-GCN's sigmoid gates shrink negative class evidence
-    towards 0, so without it no class could get a clearly negative logit."""
+    towards 0, so without it no class could get a clearly negative logit.
+
+    Initialisation (``cfg.plus_init``; the paper is silent, the authors' code draws every
+    new layer from normal(0, 0.01)). The classifier and the C-GCN's affinity convs are
+    c x c 1x1 convs over class maps. ``identity`` (the default) starts both as a
+    pass-through: the + net starts as its branch's class maps after the C-GCN, and
+    Eq. 10 as their spatial affinity. ``normal`` is the authors' value; at c = 8 tags it
+    made both layers ~100x smaller than the maps they read: the fused logits' gradient
+    reached the branch scaled by ~0.01, Eq. 9's softmax over near-zero keys stayed
+    uniform, so every message was a per-channel constant that Eq. 1's Z removes (seen on
+    the Table 1 world: the affinity weights stayed at mean |w| 0.016-0.029 after
+    training and S+ gave the same class maps, to 3e-5, for its short and long nodes)."""
 
     def __init__(self, branch: ClassificationNet, cfg: NetConfig) -> None:
         super().__init__()
         self.num_classes = cfg.num_classes
         self.branch = branch
-        self.cgcn = CGCN(cfg.num_classes, cfg.cgcn)
+        self.cgcn = CGCN(cfg.num_classes, cfg.cgcn, init=cfg.plus_init)
         self.classifier = ClassMapHead(cfg.num_classes, cfg.num_classes, HeadConfig(convs=0))
-        nn.init.normal_(self.classifier.layers[-1].weight, std=NEW_LAYER_INIT_STD)
-        nn.init.zeros_(self.classifier.layers[-1].bias)
+        init_class_map_conv(self.classifier.layers[-1], cfg.plus_init)
 
     def branch_maps(self, inputs: Inputs) -> torch.Tensor:
         """The branch's class maps of every node before reasoning: (B, 1 + n, c, h, w)."""

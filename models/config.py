@@ -172,6 +172,7 @@ class NetConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     cgcn: CGCNConfig = field(default_factory=CGCNConfig)
     fuse_channels: int = 0  # width of fuse-module intermediates; 0 = image_channels
+    plus_init: str = "identity"  # a + net's class-map layers: "identity" or "normal" (0.01)
 
 
 # STA+'s node width c (Eq. 18). The paper's is 28, AVE's class count; the students are

@@ -115,6 +115,43 @@ NETS: dict[str, NetEntry] = {
 # The SCAM sources (Eq. 2) and the SCAM+ multigranularity nets (Eq. 8).
 SCAM_NETS = ("S", "ST", "SA")
 PLUS_NETS = ("S+", "ST+", "SA+")
+# The 8 (type, term) pairs of Eq. 8 (SPEC.md, "Multigranularity inputs"), in the order
+# the labeler stacks them: S+ short/long/cross, ST+ short/long/cross, SA+ long/cross.
+PLUS_PAIRS = tuple((net, term) for net in PLUS_NETS for term in NETS[net].spec.terms)
+# How the pairs map to trained nets. ``pair``: one net per pair, as the paper trains
+# them (Sec. 4.1: "8 additional classification nets"), named ``S+short``, ``ST+long``...;
+# each sees every target frame with its own term. ``type``: one net per type shared by
+# its terms (``S+``, ``ST+``, ``SA+``), each term a third of the targets: the earlier
+# default of this project, a deviation kept for comparison and for old bundles.
+PLUS_WEIGHTS = ("pair", "type")
+
+
+def plus_net(net_type: str, term: str, weights: str = "pair") -> str:
+    """The trained net that gives pair (``net_type``, ``term``): ``S+short`` or ``S+``.
+
+    >>> plus_net("ST+", "long"), plus_net("ST+", "long", "type")
+    ('ST+long', 'ST+')
+    """
+    if weights not in PLUS_WEIGHTS:
+        raise ValueError(f"plus_weights {weights!r}: one of {', '.join(PLUS_WEIGHTS)}")
+    return f"{net_type}{term}" if weights == "pair" else net_type
+
+
+def plus_nets(weights: str = "pair") -> tuple[str, ...]:
+    """The ``+`` nets a bundle trains: 8 (``pair``) or 3 (``type``)."""
+    return tuple(dict.fromkeys(plus_net(n, t, weights) for n, t in PLUS_PAIRS))
+
+
+def split_term(name: str) -> tuple[str, str | None]:
+    """(registry entry, term) of a net name: ``SA+cross`` -> (``SA+``, ``cross``); a
+    name without a term -> (name, None)."""
+    for term in TERMS:
+        base = name.removesuffix(term)
+        if base != name and base in PLUS_NETS:
+            return base, term
+    return name, None
+
+
 STUDENTS = ("STA", "STA+short", "STA+long")
 
 
@@ -134,9 +171,11 @@ def net_config(
     head_hidden: int = 0,
     cgcn: CGCNConfig | None = None,
     head_convs: int | None = 0,
+    plus_init: str = "identity",
 ) -> NetConfig:
     """``head_convs``: 0 = the paper's plain classifier (Sec. 3.3: a 1x1 conv to c, then
-    GAP) for every net; ``None`` = the authors' code (three 3x3 convs first, except S)."""
+    GAP) for every net; ``None`` = the authors' code (three 3x3 convs first, except S).
+    ``plus_init``: see :class:`models.classifiers.PlusNet`."""
     entry = NETS[name]
     return NetConfig(
         num_classes=num_classes,
@@ -146,6 +185,7 @@ def net_config(
             convs=entry.head_convs if head_convs is None else head_convs, hidden=head_hidden
         ),
         cgcn=cgcn or CGCNConfig(),
+        plus_init=plus_init,
     )
 
 
@@ -156,11 +196,14 @@ def build_net(
     head_hidden: int = 0,
     cgcn: CGCNConfig | None = None,
     head_convs: int | None = 0,
+    plus_init: str = "identity",
 ) -> nn.Module:
     """Construct a registered net (without its encoders)."""
     if name not in NETS:
         raise KeyError(f"unknown net {name!r}; registered: {', '.join(sorted(NETS))}")
-    return NETS[name].build(net_config(name, num_classes, encoders, head_hidden, cgcn, head_convs))
+    return NETS[name].build(
+        net_config(name, num_classes, encoders, head_hidden, cgcn, head_convs, plus_init)
+    )
 
 
 def student_config(

@@ -249,3 +249,39 @@ class TestLosses:
         )
         with pytest.raises(ValueError, match="one target per node"):
             losses.node_sum_loss(preds, targets[:2])
+
+
+def test_softmax_confidences_rank_like_sigmoid_and_sum_to_one():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 3.5]])
+    sm = eq.class_confidences(logits, "softmax")
+    assert torch.allclose(sm.sum(-1), torch.ones(2))
+    assert torch.equal(sm.argmax(-1), eq.class_confidences(logits).argmax(-1))
+    e = torch.exp(torch.tensor([2.0, 0.0, -1.0]))
+    assert torch.allclose(sm[0], e / e.sum())
+    with pytest.raises(ValueError, match="confidences 'tanh'"):
+        eq.class_confidences(logits, "tanh")
+
+
+def test_no_source_rule_flat_gives_zeros_average_gives_the_mean():
+    # two sources, 1 x 2 maps; confidences for 2 classes, tag 0; neither ranks it first
+    cams = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.5]]]])
+    conf = torch.tensor([[[0.2, 0.8], [0.1, 0.6]]])
+    idx = torch.tensor([0])
+    assert torch.equal(eq.scam(cams, conf, idx), torch.zeros(1, 1, 2))
+    # average: Z(([1, 0] + [0, 0.5]) / 2) = Z([0.5, 0.25]) = [1, 0]
+    assert torch.allclose(
+        eq.scam(cams, conf, idx, no_source="average"), torch.tensor([[[1.0, 0.0]]])
+    )
+    # a frame where a source passes is the same under both rules
+    conf_ok = torch.tensor([[[0.9, 0.1], [0.1, 0.6]]])
+    assert torch.equal(
+        eq.scam(cams, conf_ok, idx), eq.scam(cams, conf_ok, idx, no_source="average")
+    )
+    # Eq. 8 with low-resolution + maps follows the same rule
+    low = torch.tensor([[[[0.0, 1.0]]]])
+    conf3 = torch.cat([conf, torch.tensor([[[0.3, 0.7]]])], dim=1)
+    out = eq.scam_plus(cams, conf3, idx, low_res=low, no_source="average")
+    # mean of [1, 0], [0, 0.5], [0, 1] = [1/3, 1/2] -> Z = [0, 1]
+    assert torch.allclose(out, torch.tensor([[[0.0, 1.0]]]), atol=1e-5)
+    with pytest.raises(ValueError, match="no-source rule"):
+        eq.no_source_fallback(torch.zeros(1, 2), "skip")

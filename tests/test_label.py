@@ -78,6 +78,54 @@ def test_labeler_alone_plain_pytorch(tiny_bundle, heldout_corpus):
     assert labeler.encoder_passes["coarse"] == t and labeler.encoder_passes["fine"] == 3 * t
 
 
+def test_labelling_rules_and_bundles_with_three_shared_plus_nets(
+    tiny_bundle, heldout_corpus, tmp_path
+):
+    """A bundle saved before the 8 pair nets (3 shared + nets, no plus_weights in its
+    preset) loads as what it is and labels; the labelling rules of Eq. 2/3/8 (softmax
+    confidences, the no-source average) reach the labeler and keep maps in [0, 1]."""
+    from factory.bundle import Bundle, build_nets
+
+    root, _ = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    assert bundle.preset.plus_weights == "pair" and "ST+long" in bundle.nets
+    old_preset = bundle.preset.replace(plus_weights="type", plus_init="normal")
+    old = Bundle(
+        old_preset, bundle.vocabulary, bundle.encoders, build_nets(old_preset, bundle.num_classes)
+    )
+    old.save(str(tmp_path / "old"))
+    meta = json.loads((tmp_path / "old" / "bundle.json").read_text())
+    for key in ("plus_weights", "plus_init"):
+        del meta["preset"][key]
+    (tmp_path / "old" / "bundle.json").write_text(json.dumps(meta))
+    loaded = load_bundle(str(tmp_path / "old"))
+    assert loaded.preset.plus_weights == "type" and {"S+", "ST+", "SA+"} <= set(loaded.nets)
+    rec = next(
+        r for r in read_corpus(os.path.join(root, "manifest.csv")).records if len(r.tags) == 1
+    )
+    clip = decode_clip(rec, bundle.preset.frames, bundle.preset.spectrogram)
+    out = Labeler(loaded, None).label(clip, list(rec.tags))
+    assert np.isfinite(out.maps).all() and set(out.confidences) == set(SOURCES)
+    flat = Labeler(bundle, None).label(clip, list(rec.tags))
+    rules = Labeler(bundle, None, confidence="softmax", no_source="average").label(
+        clip, list(rec.tags)
+    )
+    assert rules.maps.shape == flat.maps.shape and rules.maps.min() >= 0 and rules.maps.max() <= 1
+    # softmax confidences lie in [0, 1] and rank like the sigmoid ones: the same sources pass
+    for s in SOURCES:
+        assert np.array_equal(flat.confidences[s] > 0, rules.confidences[s] > 0), s
+    # frames that no source selects (labelled with a tag the clip does not show, so the
+    # nets rank another first): all-zero under "flat", the sources' mean under "average"
+    wrong = [next(t for t in bundle.vocabulary if t not in rec.tags)]
+    flat = Labeler(bundle, None).label(clip, wrong)
+    rules = Labeler(bundle, None, no_source="average").label(clip, wrong)
+    none = np.stack([flat.confidences[s] for s in SOURCES]).sum(0) == 0
+    assert none.any() and (flat.maps[none] == 0).all()
+    assert all(rules.maps[k].max() > 0 for k in np.flatnonzero(none))
+    with pytest.raises(ValueError, match="no_source 'skip'"):
+        Labeler(bundle, None, no_source="skip")
+
+
 def test_ablation_maps_are_the_paper_variants(tiny_bundle, heldout_corpus, tiny_corpus):
     """CAM' is the mean of the eight + maps; SCAM' is Eq. 8 over the eight pairs alone
     (with their Eq. 3-filtered confidences); AC fine is the mean of the fine CAMs; SCAM+
@@ -391,15 +439,15 @@ def test_bundle_loading_says_what_is_missing(tiny_bundle, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle["bundle"], broken, ignore=shutil.ignore_patterns("_run"))
-    os.remove(broken / "nets" / "ST+.pt")
-    with pytest.raises(BundleError, match=r"files missing: nets/ST\+\.pt"):
+    os.remove(broken / "nets" / "ST+long.pt")
+    with pytest.raises(BundleError, match=r"files missing: nets/ST\+long\.pt"):
         load_bundle(str(broken))
     with open(broken / "nets" / "S.pt", "ab") as f:
         f.write(b"x")
     meta = json.loads((broken / "bundle.json").read_text())
-    meta["nets"].remove("ST+")
+    meta["nets"].remove("ST+long")
     (broken / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="nets not trained: ST\\+"):
+    with pytest.raises(BundleError, match="nets not trained: ST\\+long"):
         load_bundle(str(broken))
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(str(tmp_path))

@@ -254,3 +254,41 @@ class TestWeightLoading:
         cfg = ImageTrunkConfig(**{**ImageTrunkConfig.tiny().__dict__, "weights": str(path)})
         with pytest.raises(ValueError, match="do not fit the configured architecture"):
             build_encoders(EncodersConfig(cfg, DilatedVGGConfig.tiny(), AudioEncoderConfig.tiny()))
+
+
+def test_identity_init_makes_the_plus_layers_pass_through(encoders, encoders_cfg):
+    # identity: the classifier returns the C-GCN's target node as it is, and Eq. 10's
+    # keys are the class maps themselves; normal: both start ~0.01 x their input
+    torch.manual_seed(0)
+    net = build_net("S+", C, encoders_cfg, head_hidden=8, plus_init="identity")
+    feats = EncodedNet(encoders, net, NETS["S+"].spec)
+    raw = raw_inputs(NETS["S+"].spec, 2)
+    with torch.no_grad():
+        from models.registry import encode_for_spec
+
+        inputs = encode_for_spec(encoders, NETS["S+"].spec, raw)
+        graph = net.forward_graph(inputs)
+        assert torch.allclose(net.forward_features(inputs), graph[:, 0], atol=1e-6)
+        nodes = net.branch_maps(inputs).flatten(0, 1)
+        assert torch.allclose(net.cgcn.affinity_convs[0](nodes), nodes, atol=1e-6)
+    assert torch.isfinite(feats(raw)).all()
+    authors = build_net("S+", C, encoders_cfg, head_hidden=8, plus_init="normal")
+    w = authors.classifier.layers[-1].weight
+    assert w.abs().mean() < 0.05 and not torch.allclose(w[..., 0, 0], torch.eye(C))
+    with pytest.raises(ValueError, match="init 'zeros'"):
+        build_net("S+", C, encoders_cfg, plus_init="zeros")
+
+
+def test_plus_net_names_pair_and_type():
+    from models.registry import PLUS_PAIRS, plus_net, plus_nets, split_term
+
+    assert len(PLUS_PAIRS) == 8 and ("SA+", "short") not in PLUS_PAIRS
+    assert plus_nets("pair") == (
+        "S+short", "S+long", "S+cross", "ST+short", "ST+long", "ST+cross", "SA+long", "SA+cross"
+    )  # fmt: skip
+    assert plus_nets("type") == ("S+", "ST+", "SA+")
+    assert plus_net("SA+", "cross") == "SA+cross" and plus_net("SA+", "cross", "type") == "SA+"
+    assert split_term("ST+long") == ("ST+", "long") and split_term("ST+") == ("ST+", None)
+    assert split_term("S") == ("S", None)
+    with pytest.raises(ValueError, match="plus_weights"):
+        plus_net("S+", "short", "shared")

@@ -156,3 +156,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     for trial, lines in before.items():
         assert after[trial] == lines, f"finished trial {trial} was run again"
     assert load_bundle(bundle_uri).tuned["trials"] == 3
+
+
+def test_a_flat_sweep_is_named_with_the_pairs_never_selected():
+    from factory.tune_job import PLUS_SOURCES, flat_objective
+
+    sel = {s: 0.0 for s in PLUS_SOURCES}
+    rows = [
+        {"cc": 0.515, "selected": {**sel, "S+short": 0.2}},
+        {"cc": 0.515 + 1e-11, "selected": sel},
+        {"cc": 0.512, "selected": sel},
+    ]
+    warning = flat_objective(rows, "cc")
+    assert "flat: 0.5120 to 0.5150 over 3 trials" in warning
+    assert "never selected by Eq. 3 on the validation frames: S+long, S+cross," in warning
+    assert "S+short" not in warning.split("never selected")[1]
+    assert flat_objective([*rows, {"cc": 0.53, "selected": sel}], "cc") == ""  # 0.018 apart
+    assert flat_objective(rows[:1], "cc") == ""  # one trial says nothing about flatness

@@ -112,6 +112,26 @@ class TestGather:
             "gate": torch.ones(t),
         }
 
+    def test_a_pair_net_trains_on_its_own_term_a_shared_net_on_all(self):
+        from factory.config import preset
+        from factory.training import NetTask, TrainingClip
+
+        f = {**self.feats(), "gate": torch.ones(20)}
+        clip = TrainingClip("k", [0], f, has_audio=True)
+        targets = np.arange(6, 14)
+        p = preset("tiny")
+        pair = NetTask("ST+long", 2, p)
+        assert pair.terms == ("long",)
+        (inputs, labels), *rest = pair.examples(clip, 0, targets)
+        assert not rest and len(labels) == len(targets)  # every target, long term
+        # long-term groups lie outside the short-term span t-4..t+4 of their target
+        centres = inputs["image"][:, 1:, 1, 0, 0, 0]  # the plus feature holds the frame index
+        assert ((centres - torch.as_tensor(targets)[:, None]).abs() > 4).all()
+        shared = NetTask("ST+", 2, p)
+        assert shared.terms == ("short", "long", "cross")
+        parts = shared.examples(clip, 0, targets)  # the terms take turns (no pool: no cross)
+        assert sum(len(y) for _, y in parts) < len(targets) and len(parts) == 2
+
     def test_single_frame_nets(self):
         f = self.feats()
         inputs, valid = gather_inputs(NETS["ST"].spec, f, np.array([0, 5]))

@@ -1,0 +1,206 @@
+"""Issue 14's instrument: which change makes SCAM+ earn its place (raw maps, Table 1 world).
+
+One training world (``TABLE1_WORLD``, seed 0) and one held-out world (2 clips per tag,
+seed 1, as ``bench/world_knobs.py``). The base nets (encoders, S, ST, SA, the fine nets,
+the switch) are fitted once in this process and shared by every candidate through one
+run folder; each candidate refits only the ``+`` nets (their checkpoints are removed
+first), with a seed of its own, then labels the held-out clips with ``--ablation`` (the
+label job on a local Ray) under each labelling rule and scores every variant's raw map
+against the ground truth. Besides CC it records the nets' held-out accuracy, how often
+each source is selected (Eq. 3), the frames no source selects and the audio switch's
+decisions per kind of clip (another tag's sound or not).
+
+    python bench/scam_plus.py [--candidates pair-identity,type-normal] [--seeds 0,1,2]
+                              [--rules sigmoid-flat,softmax-average] [--json FILE]
+
+Candidates (``+`` nets): ``<weights>-<init>``, weights ``pair`` (8 nets, the paper's) or
+``type`` (3 shared), init ``identity`` or ``normal`` (see ``factory.config.Preset``).
+Rules (labelling): ``<confidence>-<no_source>`` (see ``factory.config.LabelConfig``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from factory.synthetic import TABLE1_WORLD
+
+COLUMNS = (
+    "map_cam_s",
+    "map_ac",
+    "map_scam_coarse",
+    "map_cam_s_fine",
+    "map_ac_fine",
+    "map_scam_fine",
+    "map_s_plus_short",
+    "map_st_plus_long",
+    "map_sa_plus_cross",
+    "map_cam_prime",
+    "map_scam_prime",
+    "map",
+)
+
+
+def worlds(root: str) -> tuple[str, str]:
+    from factory.synthetic import generate
+
+    train, held = os.path.join(root, "train"), os.path.join(root, "heldout")
+    generate(train, TABLE1_WORLD.replace(seed=0))
+    generate(held, TABLE1_WORLD.replace(clips_per_tag=2, seed=1, split_fractions=(0.0, 0.0, 1.0)))
+    return train, held
+
+
+def fit(root: str, train: str, candidate: str, seed: int) -> dict:
+    """The bundle of ``candidate`` (its + nets refitted with ``seed``) under root."""
+    from factory.train_job import TrainOptions, run_train
+
+    weights, init = candidate.split("-")
+    run = os.path.join(root, "_run")
+    for d in glob.glob(os.path.join(run, "checkpoints", "*plus*")):
+        shutil.rmtree(d)  # the + nets only: the base nets resume as they are
+    out = os.path.join(root, "bundles", f"{candidate}@{seed}")
+    t0 = time.time()
+    result = run_train(
+        TrainOptions(
+            corpus=os.path.join(train, "manifest.csv"),
+            out=out,
+            preset="tiny",
+            plus_weights=weights,
+            plus_init=init,
+            storage_path=run,
+            overrides={"seed": seed},
+        ),
+        local=True,
+    )
+    return {
+        "bundle": out,
+        "accuracy": {n: m.get("accuracy") for n, m in result["metrics"]["nets"].items()},
+        "fit_s": round(time.time() - t0, 1),
+    }
+
+
+def selection(out: str, held: str) -> dict:
+    """How often each source passes Eq. 3, frames with none, and the audio switch per
+    kind of held-out clip."""
+    import csv
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from factory.labeler import SOURCES
+
+    with open(os.path.join(held, "manifest.csv")) as f:
+        kinds = {r["video_id"]: r["kind"] for r in csv.DictReader(f)}
+    files = glob.glob(os.path.join(out, "shards", "**", "*.parquet"), recursive=True)
+    conf = {s: [] for s in SOURCES}
+    switch: dict[str, list] = {}
+    for f in files:
+        t = pq.read_table(
+            f, columns=["video_id", "confidences", "audio_switch", "has_audio"]
+        ).to_pydict()
+        for key, c, on, has in zip(
+            t["video_id"], t["confidences"], t["audio_switch"], t["has_audio"], strict=True
+        ):
+            for s in SOURCES:
+                conf[s].append(c[s])
+            if has:
+                kind = "foreign sound" if kinds.get(key) == "mismatched_audio" else "own sound"
+                switch.setdefault(kind, []).append(bool(on))
+    c = np.array([conf[s] for s in SOURCES])  # (sources, frames)
+    return {
+        "selected_fraction": {s: round(float((c[k] > 0).mean()), 3) for k, s in enumerate(SOURCES)},
+        "mean_selected": {s: round(float(c[k].mean()), 3) for k, s in enumerate(SOURCES)},
+        "no_source_fraction": round(float((c.sum(0) == 0).mean()), 3),
+        "switch_on": {k: round(float(np.mean(v)), 3) for k, v in switch.items()},
+    }
+
+
+def score(root: str, held: str, bundle: str, rule: str, tag: str) -> dict:
+    from factory.evaluate import evaluate
+    from factory.label_job import LabelOptions, run_label
+    from factory.labeler import MAP_NAMES
+
+    confidence, no_source = rule.split("-")
+    out = os.path.join(root, "labels", f"{tag}@{rule}")
+    run_label(
+        LabelOptions(
+            corpus=os.path.join(held, "manifest.csv"),
+            bundle=bundle,
+            out=out,
+            ablation=True,
+            preview=False,
+            confidence=confidence,
+            no_source=no_source,
+        )
+    )
+    report = evaluate(out, held)
+    return {
+        "cc": {
+            c: report.methods[MAP_NAMES[c]]["dataset"]["cc"]
+            for c in MAP_NAMES
+            if MAP_NAMES[c] in report.methods
+        },
+        "centre_prior_cc": report.methods["center prior"]["dataset"]["cc"],
+        **selection(out, held),
+    }
+
+
+def table(results: list[dict]) -> str:
+    head = ["candidate", "seed", "rule", "acc S+ (mean)", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        plus = [a for n, a in r["accuracy"].items() if "+" in n and a is not None]
+        acc = sum(plus) / len(plus) if plus else float("nan")
+        cells = [r["candidate"], str(r["seed"]), r["rule"], f"{acc:.2f}"]
+        cells += [f"{r['cc'].get(c, float('nan')):.3f}" for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--candidates", default="pair-identity,type-normal")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--rules", default="sigmoid-flat")
+    p.add_argument("--root", default=os.path.join("runs", "scam_plus"))
+    p.add_argument("--json", default=None, help="write the raw figures here (appended to)")
+    a = p.parse_args()
+    from factory.raycluster import init_ray
+
+    init_ray()
+    train, held = worlds(a.root)
+    results = []
+    if a.json and os.path.exists(a.json):
+        with open(a.json) as f:
+            results = json.load(f)
+    for candidate in a.candidates.split(","):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            fitted = fit(a.root, train, candidate, seed)
+            for rule in a.rules.split(","):
+                r = {
+                    "candidate": candidate,
+                    "seed": seed,
+                    "rule": rule,
+                    "accuracy": fitted["accuracy"],
+                    "fit_s": fitted["fit_s"],
+                    **score(a.root, held, fitted["bundle"], rule, f"{candidate}@{seed}"),
+                }
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                if a.json:
+                    with open(a.json, "w") as f:
+                        json.dump(results, f, indent=1)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
