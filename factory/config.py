@@ -243,3 +243,92 @@ def from_dict(d: dict[str, Any]) -> Preset:
         plus_weights=d.get("plus_weights", "type"),
         plus_init=d.get("plus_init", "normal"),
     )
+
+
+ENCODER_NAMES = ("image", "plus", "audio")
+
+
+def merge_overrides(
+    base: dict[str, Any], changes: dict[str, Any], where: str = ""
+) -> dict[str, Any]:
+    """``base`` (a preset's ``to_dict()`` or part of it) with ``changes`` merged in,
+    recursively. A key that is not a field raises ``ValueError`` naming the valid ones.
+
+    >>> merge_overrides({"a": 1, "b": {"c": 2}}, {"b": {"c": 3}})
+    {'a': 1, 'b': {'c': 3}}
+    """
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise ValueError(
+                f"unknown preset field {where + key!r}; valid here: {', '.join(sorted(base))}"
+            )
+        if isinstance(base[key], dict) and key not in ("lr",):
+            if not isinstance(value, dict):
+                raise ValueError(f"preset field {where + key!r} is a section: give a mapping")
+            out[key] = merge_overrides(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def dotted(key: str, value: Any) -> dict[str, Any]:
+    """``"frames.fine_size", 200`` -> ``{"frames": {"fine_size": 200}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def read_preset_file(path: str) -> dict[str, Any]:
+    """A preset file: JSON or TOML (by extension), any subset of the preset's fields,
+    nested as in ``bundle.json``'s ``preset`` (for example ``{"encoders": {"image":
+    {"weights": "s3://bucket/resnext101.pth"}}, "train": {"epochs": 10}}``)."""
+    from factory import storage
+
+    if not storage.exists(path):
+        raise FileNotFoundError(f"preset file {path!r}: not found")
+    text = storage.read_bytes(path).decode()
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"preset file {path!r}: not valid {'TOML' if path.endswith('.toml') else 'JSON'} ({err})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"preset file {path!r}: expected a mapping of preset fields")
+    return data
+
+
+def customise(
+    p: Preset,
+    preset_file: str | None = None,
+    weights: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Preset:
+    """A preset with a preset file, encoder weight files (``{"image": uri, "plus": uri,
+    "audio": uri}``) and ``--set`` overrides applied, in that order. ``overrides`` keys
+    are training knobs (``batch_size``) or dotted preset fields (``frames.fine_size``).
+    Unknown names raise ``ValueError`` listing the valid ones."""
+    d = p.to_dict()
+    if preset_file:
+        d = merge_overrides(d, read_preset_file(preset_file))
+    for name, uri in (weights or {}).items():
+        if name not in ENCODER_NAMES:
+            raise ValueError(
+                f"--weights {name}=...: unknown encoder; one of {', '.join(ENCODER_NAMES)}"
+            )
+        d = merge_overrides(d, {"encoders": {name: {"weights": uri}}})
+    for key, value in (overrides or {}).items():
+        if "." not in key and key not in d["train"]:
+            valid = sorted(d["train"])
+            raise ValueError(
+                f"--set {key}: not a training knob; valid: {', '.join(valid)} "
+                "(or a dotted preset field such as frames.fine_size)"
+            )
+        d = merge_overrides(d, dotted(key if "." in key else f"train.{key}", value))
+    return from_dict(d)

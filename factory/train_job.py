@@ -41,7 +41,7 @@ import torch
 
 from factory import storage
 from factory.bundle import Bundle, build_nets
-from factory.config import Preset, from_dict
+from factory.config import Preset, customise, from_dict
 from factory.config import preset as get_preset
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.executors import LocalExecutor, RayExecutor
@@ -78,8 +78,8 @@ class TrainOptions:
     epochs: int | None = None
     pretrain_epochs: int | None = None
     fine_tune: bool = False
-    plus_weights: str = "pair"  # see Preset.plus_weights
-    plus_init: str = "identity"  # see Preset.plus_init
+    plus_weights: str | None = None  # see Preset.plus_weights; None: the preset's ("pair")
+    plus_init: str | None = None  # see Preset.plus_init; None: the preset's ("identity")
     workers_per_net: int = 1
     gpus_per_net: float = 0.0
     cpus_per_worker: float | None = None  # default: what fits all nets of a phase at once
@@ -92,7 +92,9 @@ class TrainOptions:
     encode_actors: int | None = None
     max_failures: int = 2
     inject_failure: str | None = None  # tests only: "<net>:<epoch>" kills that worker once
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set: knob or dotted field
+    preset_file: str | None = None  # JSON / TOML overriding any preset field
+    weights: dict[str, str] = field(default_factory=dict)  # encoder -> weights file
 
 
 def run_dir(opts: TrainOptions) -> str:
@@ -100,7 +102,10 @@ def run_dir(opts: TrainOptions) -> str:
 
 
 def build_preset(opts: TrainOptions) -> Preset:
-    p = get_preset(opts.preset)
+    """The preset named by ``opts.preset`` with the preset file, the weight files and the
+    ``--set`` overrides applied (:func:`factory.config.customise`), then the explicit
+    flags (``--epochs``, ``--fine-tune``, ``--plus-weights``...), which win."""
+    p = customise(get_preset(opts.preset), opts.preset_file, opts.weights, opts.overrides)
     train = p.train
     changes: dict[str, Any] = {}
     if opts.epochs is not None:
@@ -111,11 +116,10 @@ def build_preset(opts: TrainOptions) -> Preset:
         changes["fine_tune"] = True
         if not changes.get("pretrain_epochs", train.pretrain_epochs):
             changes["pretrain_epochs"] = max(train.epochs // 3, 1)
-    changes.update({k: v for k, v in opts.overrides.items() if hasattr(train, k)})
     return p.replace(
         train=dataclasses.replace(train, **changes),
-        plus_weights=opts.plus_weights,
-        plus_init=opts.plus_init,
+        plus_weights=opts.plus_weights or p.plus_weights,
+        plus_init=opts.plus_init or p.plus_init,
     )
 
 
@@ -339,10 +343,11 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     from factory.bundle import load_bundle
     from factory.net_training import load_switch_labels
     from factory.store import write_parquet_atomic
-    from factory.weights import build_encoders
+    from factory.weights import build_encoders, check_weights
 
     t0 = time.time()
     preset = build_preset(opts)
+    check_weights(preset.encoders)
     listing = read_corpus(opts.corpus, opts.split, opts.tag_field)
     if not listing.records:
         raise ValueError(

@@ -40,12 +40,34 @@ def build_encoders(cfg: EncodersConfig, seed: int = ENCODER_INIT_SEED) -> Encode
             try:
                 load(module, storage.load_state_dict(uri))
             except (RuntimeError, KeyError) as err:
+                first = next(
+                    (ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err)
+                )
                 raise ValueError(
-                    f"{what} weights {storage.redact(uri)!r} do not fit the configured architecture: {err}. "
-                    "Check that the file is a torchvision-format state dict of the configured encoder."
+                    f"{what} weights {storage.redact(uri)!r} do not fit the configured architecture "
+                    f"({first[:300]}); give a torchvision-format state dict of the configured encoder"
                 ) from err
             log.info("loaded %s weights from %s", what, storage.redact(uri))
         else:
             log.info("%s: no weights file configured, seeded random init", what)
     encoders.train(False)
     return encoders
+
+
+def check_weights(cfg: EncodersConfig) -> None:
+    """Before any cluster starts: every configured weights file exists and fits its
+    encoder (a ``ValueError`` / ``FileNotFoundError`` naming the file otherwise). Builds
+    the encoders once when a file is configured; does nothing without one."""
+    named = {
+        "image": cfg.image.weights,
+        "plus": cfg.plus.weights,
+        "audio": cfg.audio.weights,
+    }
+    for name, uri in named.items():
+        if uri and not storage.exists(uri):
+            raise FileNotFoundError(
+                f"{name} encoder weights {storage.redact(uri)!r}: not found (give an existing "
+                "file with --weights {name}=PATH, local or s3://)".replace("{name}", name)
+            )
+    if any(named.values()):
+        build_encoders(cfg)

@@ -3,8 +3,13 @@
     python jobs/train.py --corpus SRC [--split train] --out BUNDLE [--preset tiny|paper]
 
 SRC is an AVE folder, a manifest (.csv/.jsonl/.parquet) or tar shards, local or s3://.
-The six nets S, ST, SA, S+, ST+, SA+ and the audio switch train concurrently (one
-TorchTrainer each), then the fine-stage S, ST, SA on the coarse nets' crops. Rerunning
+The coarse nets S, ST, SA, the 8 + nets (one per multigranularity pair) and the audio
+switch train concurrently (one TorchTrainer each), then the fine-stage S, ST, SA on the
+coarse nets' crops. Encoder weights come from files you name (--weights image=PATH,
+--weights plus=PATH, --weights audio=PATH: torchvision-format state dicts of
+ResNeXt-101 32x8d, VGG16 and an audio ResNet-18, local or s3://); without them the
+encoders are fitted to the corpus's tags first. --preset-file overrides any preset
+field (JSON or TOML, nested as bundle.json's "preset"). Rerunning
 the same command resumes an interrupted run, and returns at once for a finished one.
 """
 
@@ -48,14 +53,14 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
     )
     p.add_argument(
         "--plus-weights",
-        default="pair",
+        default=None,
         choices=["pair", "type"],
         help="pair: 8 + nets, one per (type, term) pair, as the paper trains them; type: 3 "
         "nets (S+, ST+, SA+) shared by their terms (not the paper's; for comparison)",
     )
     p.add_argument(
         "--plus-init",
-        default="identity",
+        default=None,
         choices=["identity", "normal"],
         help="the + nets' class-map layers (C-GCN affinity convs, classifier): identity "
         "(default) or normal(0, 0.01) as the authors' code",
@@ -105,7 +110,22 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a training knob, e.g. --set batch_size=16 --set weight_decay=1e-4",
+        help="override a training knob or a dotted preset field, e.g. --set batch_size=16 "
+        "--set frames.fine_size=320 (unknown keys are an error listing the valid ones)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="ENCODER=PATH",
+        help="an encoder's weights file (image, plus or audio; local or s3://): "
+        "torchvision-format state dicts, recorded in the bundle",
+    )
+    p.add_argument(
+        "--preset-file",
+        default=None,
+        metavar="FILE",
+        help="JSON or TOML overriding any preset field, nested as bundle.json's preset",
     )
     a = p.parse_args(argv)
     overrides = {}
@@ -116,6 +136,12 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
             if value[:1] in "[{0123456789-" or value in ("true", "false")
             else value
         )
+    weights = {}
+    for item in a.weights:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            p.error(f"--weights {item!r}: expected ENCODER=PATH, e.g. image=resnext101.pth")
+        weights[name] = path
     return a.local, TrainOptions(
         corpus=a.corpus,
         out=a.out,
@@ -136,6 +162,8 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         tag_field=a.tag_field,
         address=a.address,
         overrides=overrides,
+        preset_file=a.preset_file,
+        weights=weights,
     )
 
 

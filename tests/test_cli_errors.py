@@ -125,3 +125,70 @@ def test_other_jobs_share_the_one_line_errors(tmp_path):
     assert_one_line_error(proc, "no-students", "not a student bundle", "jobs/distill.py")
     proc = run_job("ablate", "--variants", "map_nonsense", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown variant" in proc.stderr
+
+
+@pytest.fixture
+def train_args(tiny_corpus, tmp_path):
+    return ["--corpus", os.path.join(tiny_corpus[0], "manifest.csv"), "--out", str(tmp_path / "b")]
+
+
+def test_train_rejects_unknown_knobs_and_missing_weights(tmp_path, train_args):
+    proc = run_job("train", *train_args, "--set", "batchsize=3", cwd=tmp_path)
+    assert_one_line_error(proc, "--set batchsize", "not a training knob", "batch_size")
+    proc = run_job("train", *train_args, "--set", "frames.fine=3", cwd=tmp_path)
+    assert_one_line_error(proc, "'frames.fine'", "fine_size")
+    proc = run_job("train", *train_args, "--weights", "image=/nowhere/resnext.pth", cwd=tmp_path)
+    assert_one_line_error(proc, "image encoder weights", "/nowhere/resnext.pth", "not found")
+    proc = run_job("train", *train_args, "--weights", "ears=x.pt", cwd=tmp_path)
+    assert_one_line_error(proc, "--weights ears", "image, plus, audio")
+    bad = tmp_path / "preset.json"
+    bad.write_text('{"train": {"epochs": 2}, "frames": {"fps": 4}, "colour": 1}')
+    proc = run_job("train", *train_args, "--preset-file", str(bad), cwd=tmp_path)
+    assert_one_line_error(proc, "unknown preset field 'colour'", "frames")
+
+
+def test_paper_preset_with_torchvision_state_dicts(tmp_path, train_args):
+    """The user's own weights for the paper's encoders, saved from torchvision's own
+    model definitions (random init, nothing downloaded), reach the encoders through
+    --weights and a preset file; an audio file of the wrong architecture stops the job
+    with one line naming it, before any Ray starts."""
+    import torch
+    import torchvision
+
+    from factory.config import customise, preset
+    from factory.weights import check_weights
+    from models.config import AudioEncoderConfig
+    from models.encoders import AudioEncoder
+
+    paths = {
+        "image": tmp_path / "resnext101_32x8d.pth",
+        "plus": tmp_path / "vgg16.pth",
+        "audio": tmp_path / "audio_resnet18_netvlad.pth",
+    }
+    torch.save(torchvision.models.resnext101_32x8d().state_dict(), paths["image"])
+    torch.save(torchvision.models.vgg16().state_dict(), paths["plus"])
+    torch.save(AudioEncoder(AudioEncoderConfig()).state_dict(), paths["audio"])
+    p = customise(preset("paper"), weights={k: str(v) for k, v in paths.items()})
+    check_weights(p.encoders)  # every file loads into the paper-sized encoders
+    assert p.to_dict()["encoders"]["plus"]["weights"] == str(
+        paths["plus"]
+    )  # what bundle.json keeps
+    wrong = tmp_path / "resnet18_3ch.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), wrong)  # no NetVLAD, RGB stem
+    (tmp_path / "weights.toml").write_text(
+        f'[encoders.image]\nweights = "{paths["image"]}"\n[encoders.plus]\nweights = "{paths["plus"]}"\n'
+    )
+    proc = run_job(
+        "train",
+        *train_args,
+        "--preset",
+        "paper",
+        "--preset-file",
+        str(tmp_path / "weights.toml"),
+        "--weights",
+        f"audio={wrong}",
+        "--epochs",
+        "0",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(proc, "audio encoder weights", "resnet18_3ch.pth", "do not fit")
