@@ -358,45 +358,55 @@ def write_report(report: EvaluationReport, out: str) -> None:
 def figure(
     pred: str, gt: str, out_png: str, clips: int = 3, frames: int = 4, corpus: str | None = None
 ) -> None:
-    """Frames, ground truth and prediction side by side for a few clips."""
-    import io
-
+    """Frames, ground truth and prediction for a few clips: per clip three labelled rows
+    (the frame; the ground-truth fixation density over it; the method's map over it),
+    one column per time, one colour scale."""
     from PIL import Image
 
-    from factory.preview import overlay
+    from factory.preview import overlay, panel_figure, save_figure
 
-    columns = ["map"]
-    preds = load_predictions(pred, columns)["map"]
+    column = "map"
+    preds = load_predictions(pred, [column])[column]
     truths = [t for t in load_truth(gt, set(preds)) if t.video in preds][:clips]
-    rows = []
+    names = STUDENT_COLUMN_NAMES if _job_of(pred) == "predict" else COLUMN_NAMES
+    method = names.get(column, column)
+    png = _png_layout(pred)
+    rows, labels = [], []
     for t in truths:
         images = _frames_for(t, gt, corpus)
         ptimes, pmaps = preds[t.video]
-        tiles = []
-        for k in np.linspace(0, len(ptimes) - 1, frames).round().astype(int):
-            j = int(np.argmin(np.abs(t.times - ptimes[k])))
+        frame_row, truth_row, pred_row = [], [], []
+        for k in np.linspace(0, len(ptimes) - 1, min(frames, len(ptimes))).round().astype(int):
+            # PNG predictions carry frame numbers (matched by index, as when scoring)
+            j = (
+                min(int(ptimes[k]), len(t.times) - 1)
+                if png
+                else int(np.argmin(np.abs(t.times - ptimes[k])))
+            )
+            h, w = t.maps.shape[1:]
             base = (
                 images[j]
                 if images is not None and j < len(images)
-                else np.zeros((*t.maps.shape[1:], 3), np.uint8)
+                else np.zeros((h, w, 3), np.uint8)
             )
-            h, w = t.maps.shape[1:]
             base = np.asarray(Image.fromarray(base).resize((w, h)))
-            pm = M.resize_to(pmaps[k], (h, w))
-            tiles.append(
-                np.concatenate(
-                    [base, overlay(base, t.maps[j]), overlay(base, np.clip(pm, 0, 1))], axis=0
-                )
-            )
-        rows.append(np.concatenate(tiles, axis=1))
+            pm = np.clip(M.resize_to(pmaps[k], (h, w)), 0, 1)
+            when = f"{t.video}  t = {t.times[j]:.2f} s"
+            frame_row.append((base, when))
+            truth_row.append((overlay(base, t.maps[j]), f"ground truth, {when}"))
+            pred_row.append((overlay(base, pm), f"{method}, {when}"))
+        rows += [frame_row, truth_row, pred_row]
+        labels += [f"{t.video}: frame", "ground truth (fixations)", method]
     if rows:
-        width = max(r.shape[1] for r in rows)
-        grid = np.concatenate(
-            [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0
+        save_figure(
+            panel_figure(
+                rows,
+                labels,
+                f"{method} against the ground-truth fixations ({pred})",
+                "saliency, 0 = none, 1 = the frame's maximum",
+            ),
+            out_png,
         )
-        buf = io.BytesIO()
-        Image.fromarray(grid).save(buf, format="PNG")
-        storage.write_bytes_atomic(out_png, buf.getvalue())
 
 
 def _frames_for(t: VideoTruth, gt: str, corpus: str | None) -> list[np.ndarray] | None:

@@ -4,12 +4,16 @@ maps overlaid (written under the output root as ``preview.png``)."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from factory import storage
 from factory.config import Preset
 from factory.corpus import Listing
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +30,105 @@ def overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55) -> np.
     return np.clip(frame * (1 - weight) + heat * weight, 0, 255).astype(np.uint8)
 
 
-def write_preview(root: str, listing: Listing, preset: Preset, out_uri: str) -> None:
+PANEL_INCHES = 2.6  # each panel's width: a 128-pixel map is shown at ~1.5x
+COLOUR_MAP = "jet"
+
+
+def panel_figure(
+    rows: list[list[tuple[np.ndarray, str]]],
+    row_labels: list[str],
+    title: str,
+    scale_label: str,
+) -> Figure:
+    """A matplotlib figure: one row of labelled panels per entry of ``rows`` (each panel
+    an RGB image and its title), the row's label on its left, one colour scale for the
+    heat maps (``COLOUR_MAP`` over [0, 1]) on the right. Returns the figure (tests read
+    its titles); :func:`save_figure` writes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    h, w = rows[0][0][0].shape[:2]
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(PANEL_INCHES * n_cols + 1.2, PANEL_INCHES * h / w * n_rows + 0.9),
+        squeeze=False,
+        layout="constrained",
+    )
+    for r, (panels, label) in enumerate(zip(rows, row_labels, strict=True)):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(panels):
+                ax.axis("off")
+                continue
+            image, panel_title = panels[c]
+            ax.imshow(image)
+            ax.set_title(panel_title, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    scale = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=COLOUR_MAP)
+    fig.colorbar(scale, ax=axes, shrink=0.6, label=scale_label)
+    return fig
+
+
+def save_figure(fig: Figure, out_uri: str) -> None:
     import io
 
-    from PIL import Image
+    import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes_atomic(out_uri, buf.getvalue())
+
+
+def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None:
+    """The preview's figure: a few clips (rows) at a few times (columns), each frame with
+    its pseudo-fixation map (SCAM+) blended in; None when nothing was labelled."""
     from factory.dataset import maps_from_column
     from factory.decode import decode_clip
     from factory.store import read_parquet
 
     manifest = storage.read_json(storage.join(root, "_manifest.json"))
     records = {r.key: r for r in listing.records}
-    rows = []
+    picked = []
     for shard in manifest["shards"]:
         for key in shard["clips"]:
-            if key in records and len(rows) < PREVIEW_CLIPS:
-                rows.append((key, shard["file"]))
-    tiles = []
-    for key, file in rows:
-        table = read_parquet(storage.join(root, file), ["video_id", "frame_index", "map"])
+            if key in records and len(picked) < PREVIEW_CLIPS:
+                picked.append((key, shard["file"]))
+    rows, labels = [], []
+    for key, file in picked:
+        table = read_parquet(storage.join(root, file), ["video_id", "time_s", "tag", "map"])
         table = table.filter(table["video_id"].to_numpy(zero_copy_only=False) == key)
         maps = maps_from_column(table["map"]).astype(np.float32) / 255.0
+        times = table["time_s"].to_numpy()
         clip = decode_clip(records[key], preset.frames, preset.spectrogram, need_audio=False)
-        picks = (
-            np.linspace(0, min(len(maps), len(clip.frames)) - 1, PREVIEW_FRAMES).round().astype(int)
+        n = min(len(maps), len(clip.frames))
+        picks = np.linspace(0, n - 1, min(PREVIEW_FRAMES, n)).round().astype(int)
+        rows.append(
+            [(overlay(clip.frames[i], maps[i]), f"{key}  t = {times[i]:.2f} s") for i in picks]
         )
-        tiles.append(np.concatenate([overlay(clip.frames[i], maps[i]) for i in picks], axis=1))
-    if not tiles:
+        labels.append(f"{key}\ntag: {', '.join(records[key].tags)}")
+    if not rows:
+        return None
+    return panel_figure(
+        rows,
+        labels,
+        "Pseudo-fixation maps (SCAM+, Eq. 8) blended over the labelled frames",
+        "pseudo-fixation (SCAM+), 0 = none, 1 = the frame's most salient point",
+    )
+
+
+def write_preview(root: str, listing: Listing, preset: Preset, out_uri: str) -> None:
+    fig = preview_figure(root, listing, preset)
+    if fig is None:
         return
-    grid = np.concatenate(tiles, axis=0)
-    buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
-    storage.write_bytes_atomic(out_uri, buf.getvalue())
+    save_figure(fig, out_uri)
     log.info("preview: %s", out_uri)

@@ -172,3 +172,32 @@ def test_center_prior_is_scored_like_a_method(tiny_corpus):
     g = load_ground_truth(root, meta["clips"][0]["video_id"])
     s = M.score_frame(M.center_prior(g["maps"].shape[1:]), g["maps"][0], g["fixations"][0])
     assert all(v is not None for k, v in s.items() if k != "auc_shuffled")
+
+
+def test_figure_panels_are_labelled(tmp_path):
+    """Every panel of the evaluation figure names its row (frame, ground truth, method),
+    the video and the time; one labelled colour scale."""
+    from factory.evaluate import figure
+    from factory.preview import panel_figure
+
+    frame = np.zeros((8, 8, 3), np.uint8)
+    fig = panel_figure(
+        [[(frame, "v1  t = 0.00 s")], [(frame, "ground truth, v1  t = 0.00 s")]],
+        ["v1: frame", "ground truth (fixations)"],
+        "title",
+        "saliency",
+    )
+    assert [ax.get_title() for ax in fig.axes[:2]] == [
+        "v1  t = 0.00 s",
+        "ground truth, v1  t = 0.00 s",
+    ]
+    assert fig.axes[0].get_ylabel() == "v1: frame" and fig.axes[-1].get_ylabel() == "saliency"
+    make_stavis_layout(str(tmp_path / "gt"), videos=("v1",), frames=3)
+    pred = tmp_path / "pred" / "v1" / "maps"
+    pred.mkdir(parents=True)
+    from PIL import Image
+
+    for k in range(3):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(pred / f"eyeMap_{k + 1:05d}.png")
+    figure(str(tmp_path / "pred"), str(tmp_path / "gt"), str(tmp_path / "figure.png"))
+    assert Image.open(tmp_path / "figure.png").size[0] > 400  # readable, not a thumbnail strip

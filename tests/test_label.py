@@ -266,6 +266,15 @@ def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session
         and sum(s["rows"] for s in manifest_json["shards"]) == summary.frames
     )
     assert os.path.exists(os.path.join(out, "preview.png"))
+    # every preview panel says which video and time it shows; rows name the clip and tag
+    from factory.preview import preview_figure
+
+    fig = preview_figure(out, read_corpus(manifest), load_bundle(tiny_bundle["bundle"]).preset)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    good = {c["video_id"] for c in meta["clips"]}
+    assert titles and all(" t = " in t and t.split()[0] in good for t in titles)
+    assert any("tag: " in ax.get_ylabel() for ax in fig.axes)
+    assert "pseudo-fixation" in fig.axes[-1].get_ylabel()  # the colour scale, labelled
     # PNG export in the usual layout
     first = meta["clips"][0]["video_id"]
     assert os.path.exists(os.path.join(tmp_path, "png", first, "maps", "eyeMap_00001.png"))
