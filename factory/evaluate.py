@@ -12,7 +12,8 @@ Ground truth, in either layout:
   ``annotations/<DB>/<video>/maps/eyeMap_%05d.jpg`` (continuous map) and
   ``annotations/<DB>/<video>/fixMap_%05d.mat`` (binary fixations, MATLAB field
   ``eyeMap``), frames ``video_frames/<DB>/<video>/img_%05d.jpg``, frame rates from
-  ``fold_lists/<DB>_list_test_*_fps.txt`` (``name nframes fps``) or ``--gt-fps``;
+  ``fold_lists/<DB>_list_test_<k>_fps.txt`` or DIEM's ``DIEM_list_test_fps.txt``
+  (``name nframes fps``; each list is a test fold) or ``--gt-fps``;
   ``--gt`` points at the release root (every DB) or names one DB with ``ROOT::DB``.
 
 Protocol (STAViS over the MIT code, which the paper's numbers come from): each
@@ -20,7 +21,9 @@ prediction is min-max normalised, blurred (Gaussian, sigma 2, 13x13) at its own
 resolution and resized to the ground truth (``blur=False`` skips the blur); CC, SIM and
 KLD against the continuous map; NSS, AUC-J and s-AUC against the fixations; s-AUC's
 negatives are the fixations of all other frames of the same video; per-frame scores
-are averaged per video, then over videos. A centre-prior baseline is always scored.
+are averaged per video, then over videos; with fold lists, per STAViS database over each
+fold's test videos, then over folds (videos in no fold list are not scored). A
+centre-prior baseline is always scored, on the frames the methods were scored on.
 A prediction frame is matched to the ground-truth frame nearest in time.
 """
 
@@ -62,6 +65,23 @@ class VideoTruth:
     maps: np.ndarray  # (T, H, W) float [0, 1]
     fixations: np.ndarray  # (T, H, W) bool
     frames: list[str] = field(default_factory=list)  # image paths, where the layout has them
+    database: str = ""  # the STAViS database (AVAD, DIEM, ...); "" for the synthetic world
+    folds: tuple[str, ...] = ()  # the fold lists that test this video ("1", "2", ...)
+
+
+# Table 7 of the paper, STANet+ per database (AUC-J, SIM, s-AUC, CC, NSS; no KLD given).
+PAPER_STANET_PLUS = {
+    db: dict(zip(("auc_judd", "sim", "auc_shuffled", "cc", "nss"), values, strict=True))
+    for db, values in {
+        "AVAD": (0.887, 0.361, 0.595, 0.490, 2.318),
+        "DIEM": (0.884, 0.436, 0.679, 0.544, 2.042),
+        "SumMe": (0.866, 0.323, 0.634, 0.402, 1.761),
+        "ETMD": (0.910, 0.328, 0.683, 0.452, 2.297),
+        "ETMD_av": (0.910, 0.328, 0.683, 0.452, 2.297),  # the STAViS release's folder name
+        "Coutrot_db1": (0.840, 0.315, 0.552, 0.354, 1.429),
+        "Coutrot_db2": (0.862, 0.267, 0.612, 0.349, 1.952),
+    }.items()
+}
 
 
 # ----------------------------------------------------------------- ground truth
@@ -99,15 +119,24 @@ def synthetic_truth(gt: str, videos: set[str] | None = None) -> Iterator[VideoTr
         yield VideoTruth(vid, g["times"], g["maps"], g["fixations"])
 
 
-def _stavis_fps(root: str, db: str) -> dict[str, float]:
-    fps = {}
-    for path in glob.glob(os.path.join(root, "fold_lists", f"{db}_list_test_*_fps.txt")):
+def stavis_folds(root: str, db: str) -> tuple[dict[str, float], dict[str, set[str]]]:
+    """Frame rates and test folds of a STAViS database from its fold lists
+    ``fold_lists/<DB>_list_test_<k>_fps.txt`` (``name nframes fps`` per line) or, as
+    DIEM's is distributed, ``<DB>_list_test_fps.txt`` (one fold, named "1")."""
+    fps: dict[str, float] = {}
+    folds: dict[str, set[str]] = {}
+    for path in sorted(glob.glob(os.path.join(root, "fold_lists", f"{db}_list_test*_fps.txt"))):
+        m = re.fullmatch(rf"{re.escape(db)}_list_test(?:_(\d+))?_fps\.txt", os.path.basename(path))
+        if not m:
+            continue
+        fold = folds.setdefault(m.group(1) or "1", set())
         with open(path) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3:
                     fps[parts[0]] = float(parts[2])
-    return fps
+                    fold.add(parts[0])
+    return fps, folds
 
 
 def stavis_truth(
@@ -119,10 +148,14 @@ def stavis_truth(
     root, _, only_db = gt.partition("::")
     dbs = [only_db] if only_db else sorted(os.listdir(os.path.join(root, "annotations")))
     for db in dbs:
-        fps = _stavis_fps(root, db)
+        fps, folds = stavis_folds(root, db)
         for vdir in sorted(glob.glob(os.path.join(root, "annotations", db, "*"))):
             vid = os.path.basename(vdir)
             if videos is not None and vid not in videos and f"{db}/{vid}" not in videos:
+                continue
+            in_folds = tuple(k for k, members in sorted(folds.items()) if vid in members)
+            if folds and not in_folds:
+                log.info("evaluate: %s/%s is in no test fold list: not scored", db, vid)
                 continue
             map_files = sorted(
                 glob.glob(os.path.join(vdir, "maps", "eyeMap_*.jpg"))
@@ -147,7 +180,15 @@ def stavis_truth(
                 for i in range(len(map_files))
             ]
             if maps:
-                yield VideoTruth(vid, np.asarray(times), np.stack(maps), np.stack(fixes), frames)
+                yield VideoTruth(
+                    vid,
+                    np.asarray(times),
+                    np.stack(maps),
+                    np.stack(fixes),
+                    frames,
+                    database=db,
+                    folds=in_folds,
+                )
 
 
 def load_truth(gt: str, videos: set[str] | None = None, fps: float = 30.0) -> Iterator[VideoTruth]:
@@ -258,21 +299,56 @@ def score_video(
         """s-AUC negatives: fixations of every other frame of the video."""
         return truth.fixations[np.arange(n) != j].any(axis=0) if n > 1 else None
 
+    scored: set[int] = set()  # ground-truth frames some method was scored on
     for method, (ptimes, pmaps) in preds.items():
         rows = []
         for k in range(len(ptimes)):
             j = int(ptimes[k]) if by_index else int(np.argmin(np.abs(truth.times - ptimes[k])))
             if 0 <= j < n:
+                scored.add(j)
                 pred = M.stavis_preprocess(pmaps[k], truth.maps[j].shape) if blur else pmaps[k]
                 rows.append(
                     M.score_frame(pred, truth.maps[j], truth.fixations[j], others(j), seed=seed + j)
                 )
         out[method] = rows
+    # the centre prior on the frames the methods were scored on (a 12 fps ground truth
+    # labelled at 8 fps: 8 of every 12 frames), so the comparison is like for like
     prior = M.center_prior(truth.maps.shape[1:])
     out[CENTER_PRIOR] = [
         M.score_frame(prior, truth.maps[j], truth.fixations[j], others(j), seed=seed + j)
-        for j in range(n)
+        for j in (sorted(scored) if scored else range(n))
     ]
+    return out
+
+
+def per_database(truths: list[VideoTruth], methods: dict[str, dict]) -> dict[str, dict]:
+    """Each STAViS database's scores as the STAViS evaluation reports them: per fold the
+    mean over its test videos, then the mean over folds (a database without fold lists
+    is one fold of every video). ``methods``: method -> :func:`metrics.aggregate`."""
+    out: dict[str, dict] = {}
+    for db in sorted({t.database for t in truths if t.database}):
+        folds: dict[str, list[str]] = {}
+        for t in truths:
+            if t.database == db:
+                for k in t.folds or ("1",):
+                    folds.setdefault(k, []).append(t.video)
+        scores = {}
+        for method, agg in methods.items():
+            per_fold = []
+            for videos in folds.values():
+                rows = [agg["videos"][v] for v in videos if v in agg["videos"]]
+                names = {n for r in rows for n in r}
+                per_fold.append({n: float(np.mean([r[n] for r in rows if n in r])) for n in names})
+            names = {n for f in per_fold for n in f}
+            scores[method] = {
+                n: float(np.mean([f[n] for f in per_fold if n in f])) for n in sorted(names)
+            }
+        out[db] = {
+            "folds": sorted(folds),
+            "videos": len({v for vs in folds.values() for v in vs}),
+            "methods": scores,
+            "paper_stanet_plus": PAPER_STANET_PLUS.get(db),
+        }
     return out
 
 
@@ -281,17 +357,30 @@ class EvaluationReport:
     methods: dict[str, dict]  # method -> metrics.aggregate output
     videos: int
     unmatched_videos: list[str]
+    databases: dict[str, dict] = field(default_factory=dict)  # see per_database
 
     def table(self) -> str:
-        """A Markdown table in the shape of the paper's Table 7 rows."""
-        lines = [
-            "| method | " + " | ".join(TABLE_NAMES[m] for m in TABLE_METRICS) + " | frames |",
-            "|---|" + "---|" * (len(TABLE_METRICS) + 1),
-        ]
+        """A Markdown table in the shape of the paper's Table 7 rows; with STAViS
+        ground truth, one more per database (mean over its folds) with the paper's
+        STANet+ beside it."""
+        head = "| " + " | ".join(TABLE_NAMES[m] for m in TABLE_METRICS)
+        lines = ["| method " + head + " | frames |", "|---|" + "---|" * (len(TABLE_METRICS) + 1)]
         for method, agg in self.methods.items():
             vals = [agg["dataset"].get(m) for m in TABLE_METRICS]
-            cells = " | ".join("-" if v is None else f"{v:.3f}" for v in vals)
-            lines.append(f"| {method} | {cells} | {sum(agg['frames'].values())} |")
+            lines.append(f"| {method} | {_cells(vals)} | {sum(agg['frames'].values())} |")
+        for db, d in self.databases.items():
+            lines += [
+                "",
+                f"{db}: {d['videos']} videos, mean over {len(d['folds'])} fold(s)",
+                "",
+                "| method " + head + " |",
+                "|---|" + "---|" * len(TABLE_METRICS),
+            ]
+            for method, sc in d["methods"].items():
+                lines.append(f"| {method} | {_cells([sc.get(m) for m in TABLE_METRICS])} |")
+            if d["paper_stanet_plus"]:
+                paper = [d["paper_stanet_plus"].get(m) for m in TABLE_METRICS]
+                lines.append(f"| STANet+ (paper, Table 7) | {_cells(paper)} |")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -300,7 +389,12 @@ class EvaluationReport:
             "unmatched_videos": self.unmatched_videos,
             "averaging": "per frame, then per video, then over videos (STAViS / MIT benchmark)",
             "methods": self.methods,
+            "databases": self.databases,
         }
+
+
+def _cells(values: list[float | None]) -> str:
+    return " | ".join("-" if v is None else f"{v:.3f}" for v in values)
 
 
 def evaluate(
@@ -346,7 +440,7 @@ def evaluate(
             per_method.setdefault(method, {})[t.video] = rows
     order = [names[c] for c in columns if names[c] in per_method] + [CENTER_PRIOR]
     methods = {m: M.aggregate(per_method[m]) for m in order if m in per_method}
-    return EvaluationReport(methods, len(truths), unmatched)
+    return EvaluationReport(methods, len(truths), unmatched, per_database(truths, methods))
 
 
 def write_report(report: EvaluationReport, out: str) -> None:

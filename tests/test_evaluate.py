@@ -201,3 +201,60 @@ def test_figure_panels_are_labelled(tmp_path):
         Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(pred / f"eyeMap_{k + 1:05d}.png")
     figure(str(tmp_path / "pred"), str(tmp_path / "gt"), str(tmp_path / "figure.png"))
     assert Image.open(tmp_path / "figure.png").size[0] > 400  # readable, not a thumbnail strip
+
+
+def _parquet_like_pngs(root, truth, times_of):
+    """Per-frame PNG predictions equal to the ground truth at the given frame numbers."""
+    for v, maps in truth.items():
+        d = os.path.join(root, v, "maps")
+        os.makedirs(d, exist_ok=True)
+        for k in times_of(len(maps)):
+            Image.fromarray((maps[k] * 255).astype(np.uint8)).save(
+                os.path.join(d, f"eyeMap_{k + 1:05d}.png")
+            )
+
+
+def test_stavis_folds_diem_naming_and_the_centre_prior_on_the_same_frames(tmp_path):
+    from factory.evaluate import evaluate, stavis_folds
+
+    gt = str(tmp_path / "gt")
+    truth = make_stavis_layout(gt, db="DIEM", videos=("a", "b", "c", "d"), frames=6)
+    os.remove(os.path.join(gt, "fold_lists", "DIEM_list_test_1_fps.txt"))
+    # DIEM's list as distributed: no fold number; video d is in no list
+    with open(os.path.join(gt, "fold_lists", "DIEM_list_test_fps.txt"), "w") as f:
+        f.write("a 6 12\nb 6 12\nc 6 12\n")
+    fps, folds = stavis_folds(gt, "DIEM")
+    assert fps == {"a": 12.0, "b": 12.0, "c": 12.0} and folds == {"1": {"a", "b", "c"}}
+    _parquet_like_pngs(str(tmp_path / "pred"), truth, lambda n: range(0, n, 2))  # every 2nd
+    rep = evaluate(str(tmp_path / "pred"), gt)
+    assert rep.videos == 3 and "d" not in rep.methods["SCAM+ (pseudo-fixation)"]["videos"]
+    # the prior is scored on the 3 frames of each video the predictions cover, not all 6
+    assert rep.methods["center prior"]["frames"] == {"a": 3, "b": 3, "c": 3}
+    assert rep.databases["DIEM"]["folds"] == ["1"]
+    assert rep.databases["DIEM"]["paper_stanet_plus"]["cc"] == 0.544
+    assert "STANet+ (paper, Table 7)" in rep.table() and "DIEM: 3 videos" in rep.table()
+
+
+def test_stavis_scores_are_the_mean_over_folds(tmp_path):
+    from factory.evaluate import evaluate
+
+    gt = str(tmp_path / "gt")
+    truth = make_stavis_layout(gt, db="AVAD", videos=("a", "b", "c"), frames=3)
+    with open(os.path.join(gt, "fold_lists", "AVAD_list_test_1_fps.txt"), "w") as f:
+        f.write("a 3 25\n")
+    with open(os.path.join(gt, "fold_lists", "AVAD_list_test_2_fps.txt"), "w") as f:
+        f.write("b 3 25\nc 3 25\n")
+    pred = str(tmp_path / "pred")
+    _parquet_like_pngs(pred, truth, lambda n: range(n))
+    # video a's prediction is flat: its CC is 0, b's and c's are ~1
+    for k in range(3):
+        Image.fromarray(np.full((24, 32), 128, np.uint8)).save(
+            os.path.join(pred, "a", "maps", f"eyeMap_{k + 1:05d}.png")
+        )
+    rep = evaluate(pred, gt)
+    cc = rep.methods["SCAM+ (pseudo-fixation)"]["videos"]
+    per_fold = (cc["a"]["cc"] + (cc["b"]["cc"] + cc["c"]["cc"]) / 2) / 2
+    per_video = (cc["a"]["cc"] + cc["b"]["cc"] + cc["c"]["cc"]) / 3
+    got = rep.databases["AVAD"]["methods"]["SCAM+ (pseudo-fixation)"]["cc"]
+    assert abs(got - per_fold) < 1e-9 and abs(per_fold - per_video) > 0.05
+    assert rep.databases["AVAD"]["folds"] == ["1", "2"]
