@@ -70,11 +70,26 @@ def exists(uri: str) -> bool:
 
 
 def check_output_root(uri: str, flag: str) -> None:
-    """An output root must be a folder or prefix: stop at once on an existing file."""
+    """An output root must be a folder or prefix: stop at once on an existing file; an
+    object-store prefix must be writable with the credentials at hand (one small probe
+    object, written and removed), so a job does not fail after its work is done."""
     if not is_remote(uri) and os.path.isfile(uri.removeprefix("file://")):
         raise ValueError(
             f"{flag} {uri!r}: an existing file, not a folder; give a folder or an s3:// prefix"
         )
+    if is_remote(uri):
+        probe = join(uri, ".write-probe")
+        try:
+            fs, path = filesystem(probe)
+            fs.pipe_file(path, b"")
+            fs.rm_file(path)
+        except Exception as err:  # botocore / aiobotocore errors have no common base here
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(
+                f"{flag} {redact(uri)!r}: cannot write there ({type(err).__name__}: {reason[:200]}); "
+                "set credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, "
+                "and AWS_ENDPOINT_URL for an S3-compatible store) and check that the bucket exists"
+            ) from None
 
 
 def makedirs(uri: str) -> None:

@@ -347,6 +347,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
 
     t0 = time.time()
     preset = build_preset(opts)
+    storage.check_output_root(opts.out, "--out")
     check_weights(preset.encoders)
     listing = read_corpus(opts.corpus, opts.split, opts.tag_field)
     if not listing.records:

@@ -95,3 +95,41 @@ def test_redaction():
         assert S3_SECRET not in out and "AKIAABCDEFGHIJKLMNOP" not in out and "***" in out
     finally:
         os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
+
+
+def test_s3_output_without_credentials_is_one_line_before_ray(tmp_path, s3_server, s3_bucket):
+    """An s3:// --out that cannot be written (no credentials here) stops the job at once
+    with one line that says what to set, not a traceback after the work is done."""
+    from test_cli_errors import assert_one_line_error
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=s3_server["endpoint"],
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "jobs", "label.py"),
+            "--corpus",
+            str(tmp_path / "c.csv"),
+            "--bundle",
+            str(tmp_path / "b"),
+            "--out",
+            f"{s3_bucket}/pseudo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    line = assert_one_line_error(proc, f"--out '{s3_bucket}/pseudo'", "cannot write there")
+    assert "AWS_ACCESS_KEY_ID" in line and "Credentials" in line
+    # with the credentials the same prefix is writable and the probe leaves nothing behind
+    from factory.storage import check_output_root
+
+    check_output_root(f"{s3_bucket}/pseudo", "--out")
+    assert not s3fs.S3FileSystem().ls(s3_bucket.removeprefix("s3://"))
