@@ -1,8 +1,9 @@
 """The pseudo-fixation dataset's schema: one Arrow row per labelled frame.
 
 Columns (SPEC.md section 5): ``video_id, frame_index, time_s, tag, height, width,
-map, box, confidences, shard_id`` plus ``box_fallback, has_audio, audio_switch,
-source`` and, with ``--ablation``, one ``map_<variant>`` column per name in
+map, box, confidences, shard_id`` plus ``source_height, source_width`` (the video's own
+frame size; ``height, width`` are the map's, the working resolution), ``box_fallback,
+has_audio, audio_switch, source`` and, with ``--ablation``, one ``map_<variant>`` column per name in
 :data:`factory.labeler.ABLATION_MAPS` (the paper's Table 1 variants; README lists them).
 
 Maps are ``uint8`` (0-255 = saliency 0-1) stored as a nested fixed-size list
@@ -47,6 +48,8 @@ def schema(height: int, width: int, ablation: bool, tagged: bool = True) -> pa.S
     fields += [
         ("height", pa.int32()),
         ("width", pa.int32()),
+        ("source_height", pa.int32()),
+        ("source_width", pa.int32()),
         ("map", map_type(height, width)),
     ]
     if tagged:
@@ -85,6 +88,7 @@ def labels_table(labels: ClipLabels, source: str, ablation: bool) -> pa.Table:
         "tag": pa.array(["|".join(labels.tags)] * t, pa.string()),
         "height": pa.array(np.full(t, h, np.int32)),
         "width": pa.array(np.full(t, w, np.int32)),
+        **source_size_columns(labels.source_size, t),
         "map": map_array(labels.maps),
         "box": pa.FixedSizeListArray.from_arrays(
             pa.array(labels.boxes.reshape(-1), pa.float32()), 4
@@ -102,6 +106,14 @@ def labels_table(labels: ClipLabels, source: str, ablation: bool) -> pa.Table:
             cols[f"map_{name}"] = map_array(labels.ablation[name])
     cols["shard_id"] = pa.array([""] * t, pa.string())
     return pa.table(cols, schema=schema(h, w, ablation))
+
+
+def source_size_columns(size: tuple[int, int], rows: int) -> dict[str, pa.Array]:
+    """``source_height``, ``source_width`` for ``rows`` rows of one video."""
+    return {
+        "source_height": pa.array(np.full(rows, size[0], np.int32)),
+        "source_width": pa.array(np.full(rows, size[1], np.int32)),
+    }
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
@@ -129,14 +141,25 @@ def maps_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def export_png(table: pa.Table, out_dir: str, column: str = "map") -> int:
     """Per-frame PNG maps in the usual saliency-dataset layout:
     ``<out_dir>/<video_id>/maps/eyeMap_%05d.png`` (frame_index + 1, as the common
-    datasets number from 1). Returns the number of files written."""
+    datasets number from 1), each at its video's own frame size (bilinear from the
+    working resolution; rows without ``source_height`` stay at the working size).
+    Returns the number of files written."""
     from PIL import Image
 
     maps = maps_from_column(table[column])
     vids = table["video_id"].to_pylist()
     idx = table["frame_index"].to_pylist()
-    for m, vid, i in zip(maps, vids, idx, strict=True):
+    names = table.column_names
+    sizes = (
+        zip(table["source_height"].to_pylist(), table["source_width"].to_pylist(), strict=True)
+        if "source_height" in names
+        else [(0, 0)] * len(vids)
+    )
+    for m, vid, i, (h, w) in zip(maps, vids, idx, sizes, strict=True):
         folder = os.path.join(out_dir, vid, "maps")
         os.makedirs(folder, exist_ok=True)
-        Image.fromarray(m).save(os.path.join(folder, f"eyeMap_{i + 1:05d}.png"))
+        image = Image.fromarray(m)
+        if h and w and (h, w) != m.shape:
+            image = image.resize((w, h), Image.Resampling.BILINEAR)
+        image.save(os.path.join(folder, f"eyeMap_{i + 1:05d}.png"))
     return len(maps)

@@ -452,7 +452,10 @@ def export_pngs(root: str, manifest: dict, out_dir: str) -> int:
     n = 0
     for shard in manifest["shards"]:
         n += export_png(
-            read_parquet(storage.join(root, shard["file"]), ["video_id", "frame_index", "map"]),
+            read_parquet(
+                storage.join(root, shard["file"]),
+                ["video_id", "frame_index", "map", "source_height", "source_width"],
+            ),
             out_dir,
         )
     return n

@@ -101,6 +101,7 @@ class ClipLabels:
     has_audio: bool
     ablation: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, H, W)
     counters: dict[str, int] = field(default_factory=dict)
+    source_size: tuple[int, int] = (0, 0)  # (H, W) of the video's own frames
 
 
 class Labeler:
@@ -417,6 +418,7 @@ class Labeler:
             gate=feats["gate"].bool().cpu().numpy(),
             has_audio=has_audio,
             counters=counters,
+            source_size=tuple(clip.source_size),
         )
         if self.ablation:
             result.ablation = {

@@ -617,9 +617,14 @@ def video_listing(src: str) -> Any:
 
 
 def predictions_table(
-    key: str, times: np.ndarray, maps: dict[str, np.ndarray], source: str, all_maps: bool
+    key: str,
+    times: np.ndarray,
+    maps: dict[str, np.ndarray],
+    source: str,
+    all_maps: bool,
+    source_size: tuple[int, int] = (0, 0),
 ) -> pa.Table:
-    from factory.dataset import map_array, map_type
+    from factory.dataset import map_array, map_type, source_size_columns
 
     t, h, w = maps["map"].shape
     cols: dict[str, pa.Array] = {
@@ -628,6 +633,7 @@ def predictions_table(
         "time_s": pa.array(np.asarray(times, np.float64)),
         "height": pa.array(np.full(t, h, np.int32)),
         "width": pa.array(np.full(t, w, np.int32)),
+        **source_size_columns(source_size, t),
         "map": map_array(maps["map"]),
         "source": pa.array([source] * t, pa.string()),
     }
@@ -637,6 +643,8 @@ def predictions_table(
         ("time_s", pa.float64()),
         ("height", pa.int32()),
         ("width", pa.int32()),
+        ("source_height", pa.int32()),
+        ("source_width", pa.int32()),
         ("map", map_type(h, w)),
         ("source", pa.string()),
     ]
@@ -662,7 +670,14 @@ class PredictActor:
 
         maps = self.predictor.predict(clip)
         return table_to_bytes(
-            predictions_table(clip.key, clip.times, maps, storage.redact(record.uri), self.all_maps)
+            predictions_table(
+                clip.key,
+                clip.times,
+                maps,
+                storage.redact(record.uri),
+                self.all_maps,
+                tuple(clip.source_size),
+            )
         ), {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -277,7 +277,20 @@ def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session
     assert "pseudo-fixation" in fig.axes[-1].get_ylabel()  # the colour scale, labelled
     # PNG export in the usual layout
     first = meta["clips"][0]["video_id"]
-    assert os.path.exists(os.path.join(tmp_path, "png", first, "maps", "eyeMap_00001.png"))
+    png = os.path.join(tmp_path, "png", first, "maps", "eyeMap_00001.png")
+    assert os.path.exists(png)
+    # the PNG and the row's source size are the video's own frame size
+    import av
+    from PIL import Image
+
+    with av.open(os.path.join(root, meta["clips"][0]["video"])) as c:
+        own = (c.streams.video[0].height, c.streams.video[0].width)
+    assert Image.open(png).size == (own[1], own[0])
+    rows = pq.read_table(
+        os.path.join(out, "shards"), columns=["video_id", "source_height", "source_width", "height"]
+    ).to_pylist()
+    row = next(r for r in rows if r["video_id"] == first)
+    assert (row["source_height"], row["source_width"]) == own
     # readable without this project: pyarrow and pandas in a bare interpreter
     code = (
         "import sys, numpy as np, pyarrow.parquet as pq, pandas as pd\n"
@@ -460,3 +473,36 @@ def test_bundle_loading_says_what_is_missing(tiny_bundle, tmp_path):
         load_bundle(str(broken))
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(str(tmp_path))
+
+
+def test_png_export_at_the_source_size(tmp_path):
+    """Maps stay at the working resolution in Parquet; PNGs come out at the video's own
+    frame size (here 90 x 160 from 8 x 8 maps), so dataset tools that expect
+    eyeMap_%05d.png at the frame's size read them as they are."""
+    from factory.dataset import export_png, labels_table
+    from factory.labeler import ClipLabels
+
+    t = 2
+    maps = np.zeros((t, 8, 8), np.float32)
+    maps[:, 2, 6] = 1.0  # top right
+    labels = ClipLabels(
+        key="v",
+        tags=["a"],
+        times=np.arange(t) / 8.0,
+        maps=maps,
+        boxes=np.zeros((t, 4), np.float32),
+        box_fallback=np.zeros(t, bool),
+        confidences={s: np.zeros(t, np.float32) for s in SOURCES},
+        gate=np.zeros(t, bool),
+        has_audio=False,
+        source_size=(90, 160),
+    )
+    table = labels_table(labels, "v.mp4", ablation=False)
+    assert table["height"][0].as_py() == 8 and table["source_width"][0].as_py() == 160
+    assert export_png(table, str(tmp_path)) == t
+    from PIL import Image
+
+    png = np.asarray(Image.open(tmp_path / "v" / "maps" / "eyeMap_00002.png"))
+    assert png.shape == (90, 160)
+    y, x = np.unravel_index(png.argmax(), png.shape)
+    assert 0.2 < y / 90 < 0.4 and 0.75 < x / 160 < 0.9  # the same place in the frame
