@@ -2,7 +2,8 @@
 
 Columns (SPEC.md section 5): ``video_id, frame_index, time_s, tag, height, width,
 map, box, confidences, shard_id`` plus ``source_height, source_width`` (the video's own
-frame size; ``height, width`` are the map's, the working resolution), ``box_fallback,
+frame size; ``height, width`` are the map's, the working resolution), ``audio_stream``
+(which of the file's streams the audio came from: the first that decodes), ``box_fallback,
 has_audio, audio_switch, source`` and, with ``--ablation``, one ``map_<variant>`` column per name in
 :data:`factory.labeler.ABLATION_MAPS` (the paper's Table 1 variants; README lists them).
 
@@ -50,6 +51,7 @@ def schema(height: int, width: int, ablation: bool, tagged: bool = True) -> pa.S
         ("width", pa.int32()),
         ("source_height", pa.int32()),
         ("source_width", pa.int32()),
+        ("audio_stream", pa.int32()),
         ("map", map_type(height, width)),
     ]
     if tagged:
@@ -88,7 +90,7 @@ def labels_table(labels: ClipLabels, source: str, ablation: bool) -> pa.Table:
         "tag": pa.array(["|".join(labels.tags)] * t, pa.string()),
         "height": pa.array(np.full(t, h, np.int32)),
         "width": pa.array(np.full(t, w, np.int32)),
-        **source_size_columns(labels.source_size, t),
+        **source_columns(labels.source_size, labels.audio_stream, t),
         "map": map_array(labels.maps),
         "box": pa.FixedSizeListArray.from_arrays(
             pa.array(labels.boxes.reshape(-1), pa.float32()), 4
@@ -108,11 +110,15 @@ def labels_table(labels: ClipLabels, source: str, ablation: bool) -> pa.Table:
     return pa.table(cols, schema=schema(h, w, ablation))
 
 
-def source_size_columns(size: tuple[int, int], rows: int) -> dict[str, pa.Array]:
-    """``source_height``, ``source_width`` for ``rows`` rows of one video."""
+def source_columns(
+    size: tuple[int, int], audio_stream: int | None, rows: int
+) -> dict[str, pa.Array]:
+    """``source_height``, ``source_width`` and ``audio_stream`` (the file's stream index
+    the audio was decoded from, null without audio) for ``rows`` rows of one video."""
     return {
         "source_height": pa.array(np.full(rows, size[0], np.int32)),
         "source_width": pa.array(np.full(rows, size[1], np.int32)),
+        "audio_stream": pa.array([audio_stream] * rows, pa.int32()),
     }
 
 

@@ -45,7 +45,8 @@ class DecodedClip:
     audio: np.ndarray | None  # (S,) float32 mono at spectrogram.sample_rate, or None
     audio_t0: float  # time of audio[0]
     duration_s: float
-    source_size: tuple[int, int]  # (H, W) of the file's frames
+    source_size: tuple[int, int]  # (H, W) of the file's frames as shown (after rotation)
+    audio_stream: int | None = None  # the container stream index the audio came from
 
     @property
     def has_audio(self) -> bool:
@@ -79,9 +80,17 @@ def frame_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
     return start_s + np.arange(n) / fps
 
 
+def _stream_start(stream: av.stream.Stream) -> float:
+    """When a stream's first frame is due, in seconds (0 when the file does not say)."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
 def _container_duration(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """When the video stream ends, in the file's timeline (its start plus its span)."""
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
+        return max(0.0, _stream_start(stream)) + float(stream.duration * stream.time_base)
     if container.duration is not None:
         return container.duration / 1e6
     return math.inf
@@ -119,9 +128,20 @@ def _decode_frames(
         chosen_t.append(prev_t)
         k += 1
     if not chosen:
-        return np.zeros((0, height, width, 3), np.uint8), np.zeros(0)
-    arrays = [f.to_ndarray(format="rgb24", width=width, height=height) for f in chosen]
-    return np.stack(arrays), np.asarray(chosen_t)
+        return np.zeros((0, height, width, 3), np.uint8), np.zeros(0), 0
+    turns = quarter_turns(chosen[0])
+    # a quarter turn swaps the sides: decode to the turned size, then turn
+    w, h = (height, width) if turns % 2 else (width, height)
+    arrays = [np.rot90(f.to_ndarray(format="rgb24", width=w, height=h), turns) for f in chosen]
+    return np.ascontiguousarray(np.stack(arrays)), np.asarray(chosen_t), turns
+
+
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counterclockwise quarter turns that show a frame as a player does: its display
+    matrix's rotation (phone videos store portrait frames as landscape plus a 90 degree
+    rotation), rounded to a multiple of 90 degrees."""
+    rotation = getattr(frame, "rotation", 0) or 0
+    return round(rotation / 90) % 4
 
 
 def _decode_audio(
@@ -235,7 +255,9 @@ def decode_clip(
                     "zero frames: the video stream is empty",
                     "re-encode or re-download the file",
                 )
-            start = record.start_s or 0.0
+            # a video stream that starts late (its first frame due after 0 s) has no
+            # frames before that: the clip starts there instead of repeating frame 0
+            start = max(record.start_s or 0.0, _stream_start(vstream))
             end = record.end_s if record.end_s is not None else duration
             if not math.isfinite(end):
                 raise ClipError(
@@ -270,9 +292,11 @@ def decode_clip(
                     "the segment is shorter than one frame period; widen it",
                 )
             try:
-                frames, times = _decode_frames(
+                frames, times, turns = _decode_frames(
                     container, vstream, targets, frames_cfg.height, frames_cfg.width
                 )
+                if turns % 2:
+                    h, w = w, h  # the source as shown: a portrait phone video is portrait
             except av.error.FFmpegError as err:
                 raise ClipError(
                     "decode",
@@ -294,24 +318,28 @@ def decode_clip(
                 )
             audio = None
             t0 = float(times[0]) - spec_cfg.window_s / 2
+            used = None
             if need_audio and container.streams.audio:
                 t1 = float(times[-1]) + spec_cfg.window_s / 2
-                try:
-                    audio = _decode_audio(
-                        container,
-                        container.streams.audio[0],
-                        t0,
-                        t1,
-                        duration,
-                        spec_cfg.sample_rate,
-                    )
-                except av.error.FFmpegError as err:
+                failure = None
+                # several audio tracks (languages, commentary): the first that decodes
+                for astream in container.streams.audio:
+                    try:
+                        audio = _decode_audio(
+                            container, astream, t0, t1, duration, spec_cfg.sample_rate
+                        )
+                    except av.error.FFmpegError as err:
+                        failure = err
+                        continue
+                    used = astream.index
+                    break
+                if used is None:
                     raise ClipError(
                         "decode",
-                        f"audio stream is corrupt ({err})",
+                        f"audio stream is corrupt ({failure})",
                         "re-encode the audio or strip the audio stream",
-                    ) from None
-            return DecodedClip(record.key, frames, times, audio, t0, duration, (h, w))
+                    )
+            return DecodedClip(record.key, frames, times, audio, t0, duration, (h, w), used)
     finally:
         if hasattr(source, "close"):
             source.close()  # type: ignore[union-attr]

@@ -102,6 +102,7 @@ class ClipLabels:
     ablation: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, H, W)
     counters: dict[str, int] = field(default_factory=dict)
     source_size: tuple[int, int] = (0, 0)  # (H, W) of the video's own frames
+    audio_stream: int | None = None  # the file's stream the audio came from (None: no audio)
 
 
 class Labeler:
@@ -419,6 +420,7 @@ class Labeler:
             has_audio=has_audio,
             counters=counters,
             source_size=tuple(clip.source_size),
+            audio_stream=clip.audio_stream,
         )
         if self.ablation:
             result.ablation = {

@@ -48,7 +48,15 @@ def serialize_clip(clip: DecodedClip) -> bytes:
     arrays = {
         "frames": clip.frames,
         "times": clip.times,
-        "meta": np.array([clip.audio_t0, clip.duration_s, *clip.source_size], dtype=np.float64),
+        "meta": np.array(
+            [
+                clip.audio_t0,
+                clip.duration_s,
+                *clip.source_size,
+                -1 if clip.audio_stream is None else clip.audio_stream,
+            ],
+            dtype=np.float64,
+        ),
     }
     if clip.audio is not None:
         arrays["audio"] = clip.audio
@@ -67,6 +75,7 @@ def deserialize_clip(key: str, data: bytes) -> DecodedClip:
             float(meta[0]),
             float(meta[1]),
             (int(meta[2]), int(meta[3])),
+            int(meta[4]) if len(meta) > 4 and meta[4] >= 0 else None,
         )
 
 

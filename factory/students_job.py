@@ -623,8 +623,9 @@ def predictions_table(
     source: str,
     all_maps: bool,
     source_size: tuple[int, int] = (0, 0),
+    audio_stream: int | None = None,
 ) -> pa.Table:
-    from factory.dataset import map_array, map_type, source_size_columns
+    from factory.dataset import map_array, map_type, source_columns
 
     t, h, w = maps["map"].shape
     cols: dict[str, pa.Array] = {
@@ -633,7 +634,7 @@ def predictions_table(
         "time_s": pa.array(np.asarray(times, np.float64)),
         "height": pa.array(np.full(t, h, np.int32)),
         "width": pa.array(np.full(t, w, np.int32)),
-        **source_size_columns(source_size, t),
+        **source_columns(source_size, audio_stream, t),
         "map": map_array(maps["map"]),
         "source": pa.array([source] * t, pa.string()),
     }
@@ -645,6 +646,7 @@ def predictions_table(
         ("width", pa.int32()),
         ("source_height", pa.int32()),
         ("source_width", pa.int32()),
+        ("audio_stream", pa.int32()),
         ("map", map_type(h, w)),
         ("source", pa.string()),
     ]
@@ -677,6 +679,7 @@ class PredictActor:
                 storage.redact(record.uri),
                 self.all_maps,
                 tuple(clip.source_size),
+                clip.audio_stream,
             )
         ), {}
 
