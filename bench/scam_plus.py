@@ -13,8 +13,10 @@ decisions per kind of clip (another tag's sound or not).
     python bench/scam_plus.py [--candidates pair-identity,type-normal] [--seeds 0,1,2]
                               [--rules sigmoid-flat,softmax-average] [--json FILE]
 
-Candidates (``+`` nets): ``<weights>-<init>``, weights ``pair`` (8 nets, the paper's) or
-``type`` (3 shared), init ``identity`` or ``normal`` (see ``factory.config.Preset``).
+Candidates (``+`` nets): ``<weights>-<init>[-bal]``, weights ``pair`` (8 nets, the
+paper's) or ``type`` (3 shared), init ``identity`` or ``normal`` (see
+``factory.config.Preset``); ``-bal`` also refits the audio switch with its classes
+balanced (``TrainConfig.switch_balance``).
 Rules (labelling): ``<confidence>-<no_source>`` (see ``factory.config.LabelConfig``).
 """
 
@@ -61,10 +63,21 @@ def fit(root: str, train: str, candidate: str, seed: int) -> dict:
     """The bundle of ``candidate`` (its + nets refitted with ``seed``) under root."""
     from factory.train_job import TrainOptions, run_train
 
-    weights, init = candidate.split("-")
+    weights, init, *extra = candidate.split("-")
+    balance = "bal" in extra  # the audio switch with its classes balanced (refitted)
     run = os.path.join(root, "_run")
     for d in glob.glob(os.path.join(run, "checkpoints", "*plus*")):
         shutil.rmtree(d)  # the + nets only: the base nets resume as they are
+    marker = os.path.join(run, "switch_balance")
+    previous = "False"
+    if os.path.exists(marker):
+        with open(marker) as f:
+            previous = f.read()
+    if previous != str(balance):  # (the fine nets' crops keep the first switch's boxes)
+        shutil.rmtree(os.path.join(run, "checkpoints", "switch"), ignore_errors=True)
+    os.makedirs(run, exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(str(balance))
     out = os.path.join(root, "bundles", f"{candidate}@{seed}")
     t0 = time.time()
     result = run_train(
@@ -75,7 +88,7 @@ def fit(root: str, train: str, candidate: str, seed: int) -> dict:
             plus_weights=weights,
             plus_init=init,
             storage_path=run,
-            overrides={"seed": seed},
+            overrides={"seed": seed, "switch_balance": balance},
         ),
         local=True,
     )

@@ -104,6 +104,9 @@ class TrainConfig:
     eval_targets_per_clip: int = 8  # held-out frames scored per clip each epoch
     grad_clip: float = 0.0  # max gradient norm (0 = off, the paper's recipe)
     branch_loss_weight: float = 0.4  # + nets: weight of the raw branch's loss (authors' recipe)
+    # The audio switch's loss with its two classes weighted equally per batch (not the
+    # paper's, which is silent on balance; see factory.losses.balanced_binary_loss).
+    switch_balance: bool = False
 
     def lr_for(self, net: str) -> float:
         return self.lr.get(net.split("@")[0], self.lr.get(net, 1e-4))

@@ -22,6 +22,18 @@ def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return per_class.mean(dim=-1).mean()
 
 
+def balanced_binary_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 for one binary output (the audio switch) with the two classes weighted
+    equally in each batch: the mean loss over the positives and the mean over the
+    negatives, averaged (a batch with one class only is its plain mean). Without it a
+    switch trained where 80% of the frames have their own sound learns "always on".
+    ``logits``, ``targets`` (B, 1)."""
+    per = -(targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
+    pos = targets > 0.5
+    parts = [per[m].mean() for m in (pos, ~pos) if bool(m.any())]
+    return torch.stack(parts).mean()
+
+
 def saliency_kl(pred: torch.Tensor, target: torch.Tensor, eps: float = KL_EPS) -> torch.Tensor:
     """``KL(target || pred)`` with both maps made to sum to 1 over (H, W); mean over the
     batch. ``pred`` and ``target`` are non-negative (B, H, W)."""

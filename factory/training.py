@@ -26,7 +26,7 @@ from torch import nn
 
 from factory.config import Preset
 from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
-from factory.losses import multilabel_soft_margin
+from factory.losses import balanced_binary_loss, multilabel_soft_margin
 from factory.pool import PoolSource
 from factory.windows import target_frames
 from models.registry import NETS, InputSpec, split_term
@@ -152,6 +152,8 @@ class NetTask:
             return multilabel_soft_margin(
                 fused, labels
             ) + self.preset.train.branch_loss_weight * multilabel_soft_margin(branch, labels)
+        if self.spec.label == "switch" and self.preset.train.switch_balance:
+            return balanced_binary_loss(net(inputs), labels)
         return multilabel_soft_margin(net(inputs), labels)
 
     @torch.no_grad()

@@ -285,3 +285,15 @@ def test_no_source_rule_flat_gives_zeros_average_gives_the_mean():
     assert torch.allclose(out, torch.tensor([[[0.0, 1.0]]]), atol=1e-5)
     with pytest.raises(ValueError, match="no-source rule"):
         eq.no_source_fallback(torch.zeros(1, 2), "skip")
+
+
+def test_balanced_binary_loss_by_hand():
+    from factory.losses import balanced_binary_loss
+
+    logits = torch.tensor([[2.0], [2.0], [2.0], [-1.0]])
+    labels = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
+    pos, neg = math.log(1 + math.exp(-2)), math.log(1 + math.exp(-1))
+    assert abs(balanced_binary_loss(logits, labels).item() - (pos + neg) / 2) < 1e-6
+    assert abs(losses.multilabel_soft_margin(logits, labels).item() - (3 * pos + neg) / 4) < 1e-6
+    only = balanced_binary_loss(logits[:3], labels[:3]).item()
+    assert abs(only - pos) < 1e-6  # one class in the batch: its plain mean
