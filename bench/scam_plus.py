@@ -59,7 +59,7 @@ def worlds(root: str) -> tuple[str, str]:
     return train, held
 
 
-def fit(root: str, train: str, candidate: str, seed: int) -> dict:
+def fit(root: str, train: str, candidate: str, seed: int, sets: dict | None = None) -> dict:
     """The bundle of ``candidate`` (its + nets refitted with ``seed``) under root."""
     from factory.train_job import TrainOptions, run_train
 
@@ -88,7 +88,7 @@ def fit(root: str, train: str, candidate: str, seed: int) -> dict:
             plus_weights=weights,
             plus_init=init,
             storage_path=run,
-            overrides={"seed": seed, "switch_balance": balance},
+            overrides={"seed": seed, "switch_balance": balance, **(sets or {})},
         ),
         local=True,
     )
@@ -186,10 +186,19 @@ def main() -> None:
     p.add_argument("--rules", default="sigmoid-flat")
     p.add_argument("--root", default=os.path.join("runs", "scam_plus"))
     p.add_argument("--json", default=None, help="write the raw figures here (appended to)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a preset override for every fit of this run (a new --root: the encoders "
+        "change), e.g. --set 'encoders.plus.widths=[8,16,32,64,64]'",
+    )
     a = p.parse_args()
     from factory.raycluster import init_ray
 
     init_ray()
+    sets = {k: json.loads(v) for k, _, v in (x.partition("=") for x in a.set)}
     train, held = worlds(a.root)
     results = []
     if a.json and os.path.exists(a.json):
@@ -197,10 +206,10 @@ def main() -> None:
             results = json.load(f)
     for candidate in a.candidates.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            fitted = fit(a.root, train, candidate, seed)
+            fitted = fit(a.root, train, candidate, seed, sets)
             for rule in a.rules.split(","):
                 r = {
-                    "candidate": candidate,
+                    "candidate": candidate + "".join(f" {k}={v}" for k, v in sets.items()),
                     "seed": seed,
                     "rule": rule,
                     "accuracy": fitted["accuracy"],
