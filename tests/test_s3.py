@@ -54,7 +54,9 @@ def test_end_to_end_on_s3_and_no_secret_leaks(tmp_path, s3_server, s3_bucket):
     assert res.returncode == 0, res.stderr[-3000:]
     fs = s3fs.S3FileSystem()
     bucket = s3_bucket.removeprefix("s3://")
-    assert fs.exists(f"{bucket}/bundle/bundle.json") and fs.exists(f"{bucket}/bundle/nets/SA+.pt")
+    assert fs.exists(f"{bucket}/bundle/bundle.json") and fs.exists(
+        f"{bucket}/bundle/nets/SA+long.pt"
+    )
     assert fs.glob(f"{bucket}/bundle/_run/checkpoints/S/checkpoint_local_*/state.pt")
     # label: corpus and bundle from s3, shards to s3 (Ray Data)
     res = run(
@@ -97,7 +99,9 @@ def test_redaction():
         os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
 
 
-def test_s3_output_without_credentials_is_one_line_before_ray(tmp_path, s3_server, s3_bucket):
+def test_s3_output_without_credentials_is_one_line_before_ray(
+    tmp_path, s3_server, s3_bucket, monkeypatch
+):
     """An s3:// --out that cannot be written (no credentials here) stops the job at once
     with one line that says what to set, not a traceback after the work is done."""
     from test_cli_errors import assert_one_line_error
@@ -131,5 +135,8 @@ def test_s3_output_without_credentials_is_one_line_before_ray(tmp_path, s3_serve
     # with the credentials the same prefix is writable and the probe leaves nothing behind
     from factory.storage import check_output_root
 
+    for key, value in s3_server["env"].items():  # (an earlier test may have changed them)
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
     check_output_root(f"{s3_bucket}/pseudo", "--out")
     assert not s3fs.S3FileSystem().ls(s3_bucket.removeprefix("s3://"))

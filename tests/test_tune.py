@@ -87,7 +87,7 @@ def test_small_sweep_writes_best_settings_used_by_the_labeler(
     bundle = load_bundle(bundle_uri)
     assert (bundle.cgcn.steps, bundle.cgcn.nodes) == (best["m"], best["n"])
     assert bundle.cgcn.td == pytest.approx(best["td"]) and bundle.tuned["metric"] == "cc"
-    assert len(bundle.net("S+").cgcn.affinity_convs) == best["m"]
+    assert len(bundle.net("S+short").cgcn.affinity_convs) == best["m"]
     assert os.path.exists(os.path.join(bundle_uri, "tune_results", "results.md"))
     assert os.path.exists(os.path.join(bundle_uri, "tune_results", "objective.png"))
     rec = next(
