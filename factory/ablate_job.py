@@ -178,15 +178,10 @@ def check_variants(variants: tuple[str, ...]) -> tuple[str, ...]:
 def run_ablate(opts: AblateOptions) -> AblationTable:
     from factory.bundle import load_bundle
     from factory.corpus import read_corpus
+    from factory.distill_job import build_student_cache, check_columns, fit_students, pseudo_index
     from factory.encoding import FrameEncoder
     from factory.executors import LocalExecutor, RayExecutor
-    from factory.students_job import (
-        StudentRun,
-        build_student_cache,
-        check_columns,
-        fit_students,
-        pseudo_index,
-    )
+    from factory.students import StudentRun
 
     t0 = time.time()
     variants = check_variants(tuple(opts.variants))
@@ -285,8 +280,9 @@ def heldout_features(
     listed in ``skipped`` with the reason (never dropped silently)."""
     from factory.decode import decode_clip
     from factory.evaluate import load_truth
+    from factory.predict_job import video_listing
     from factory.rejects import ClipError
-    from factory.students_job import student_features, video_listing
+    from factory.students import student_features
 
     listing = video_listing(opts.val)
     skipped = [f"{j.input}: {j.reason}" for j in listing.rejects]
@@ -327,7 +323,7 @@ def predict_heldout(
     fused by Eq. 21."""
     from factory.equations import final_fusion, minmax_normalize
     from factory.inputs import WindowSettings
-    from factory.students_job import StudentRun, student_map
+    from factory.students import StudentRun, student_map
 
     settings = WindowSettings(preset.cgcn.nodes, preset.windows.short_radius, preset.windows.seed)
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}

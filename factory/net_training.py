@@ -57,7 +57,7 @@ def build_trainable(
     """(net, task, optimizer, epochs) of a bundle net, of ``encoders`` (pretraining) or of
     a student (``STA``, ``STA+short``, ``STA+long``)."""
     from factory.pretrain import EncoderPretrainNet, PretrainTask
-    from factory.students_job import StudentRun, StudentTask
+    from factory.students import StudentRun, StudentTask
     from factory.training import NetTask
     from models.registry import build_student
 

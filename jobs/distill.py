@@ -16,7 +16,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.students_job import DistillOptions, run_distill  # noqa: E402
+from factory.distill_job import DistillOptions, run_distill  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,15 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from factory.distill_job import DistillOptions, run_distill
 from factory.evaluate import CENTER_PRIOR, STUDENT_COLUMN_NAMES, evaluate
 from factory.label_job import LabelOptions, run_label
-from factory.students_job import (
-    DistillOptions,
-    PredictOptions,
-    load_students,
-    run_distill,
-    run_predict,
-)
+from factory.predict_job import PredictOptions, run_predict
+from factory.students import load_students
 
 TEACHER = "SCAM+ (pseudo-fixation)"
 FUSED = STUDENT_COLUMN_NAMES["map"]

@@ -1,0 +1,276 @@
+"""The predict job (Sec. 5): tag-free maps for any video from a student bundle.
+
+Ray Data over actors as in the label job; per clip STA, STA+short and STA+long maps
+fused by Eq. 21 (Eq. 23 and the pixelwise max as options), written in the label job's
+schema minus the tag columns, exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from factory import storage
+from factory.config import Preset
+from factory.corpus import VIDEO_EXTENSIONS, ClipRecord, Listing, read_corpus
+from factory.dataset import map_array, map_type, maps_from_column, source_columns, table_to_bytes
+from factory.decode import DecodedClip, decode_clip
+from factory.label_job import consume, export_pngs, write_label_batch
+from factory.pipeline import decoded_through_actors, default_actors, from_batch, model_row, to_batch
+from factory.preview import overlay
+from factory.raycluster import cluster_gpus, init_ray
+from factory.store import ShardStore, read_parquet, write_parquet_atomic
+from factory.students import (
+    StudentPredictor,
+    load_students,
+)
+from models.registry import STUDENTS
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------- predict
+
+
+@dataclass
+class PredictOptions:
+    videos: str  # a corpus (tags ignored) or a plain folder / glob of videos
+    students: str
+    out: str
+    fusion: str | None = None
+    export_png: str | None = None
+    overlay_video: str | None = None  # folder for <video>.mp4 overlays
+    actors: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    all_maps: bool = False  # also write each student's own map
+    address: str | None = None
+
+
+def video_listing(src: str) -> Any:
+    """A corpus, or a plain folder / glob of video files (no tags needed)."""
+
+    try:
+        return read_corpus(src)
+    except ValueError:
+        pass
+    fs, path = storage.filesystem(src)
+    paths = sorted(
+        fs.glob(path)
+        if any(ch in path for ch in "*?[")
+        else [p for p in fs.find(path) if p.lower().endswith(VIDEO_EXTENSIONS)]
+    )
+    prefix = src.split("://", 1)[0] + "://" if storage.is_remote(src) else ""
+    if not paths:
+        raise ValueError(
+            f"{src!r}: no corpus and no video files ({', '.join(VIDEO_EXTENSIONS)}) found"
+        )
+    return Listing(
+        [
+            ClipRecord(
+                os.path.splitext(os.path.basename(p))[0],
+                prefix + p if prefix and not p.startswith(prefix) else p,
+                ("",),
+            )
+            for p in paths
+        ],
+        [],
+        src,
+    )
+
+
+def predictions_table(
+    key: str,
+    times: np.ndarray,
+    maps: dict[str, np.ndarray],
+    source: str,
+    all_maps: bool,
+    source_size: tuple[int, int] = (0, 0),
+    audio_stream: int | None = None,
+) -> pa.Table:
+
+    t, h, w = maps["map"].shape
+    cols: dict[str, pa.Array] = {
+        "video_id": pa.array([key] * t, pa.string()),
+        "frame_index": pa.array(np.arange(t, dtype=np.int32)),
+        "time_s": pa.array(np.asarray(times, np.float64)),
+        "height": pa.array(np.full(t, h, np.int32)),
+        "width": pa.array(np.full(t, w, np.int32)),
+        **source_columns(source_size, audio_stream, t),
+        "map": map_array(maps["map"]),
+        "source": pa.array([source] * t, pa.string()),
+    }
+    fields = [
+        ("video_id", pa.string()),
+        ("frame_index", pa.int32()),
+        ("time_s", pa.float64()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("source_height", pa.int32()),
+        ("source_width", pa.int32()),
+        ("audio_stream", pa.int32()),
+        ("map", map_type(h, w)),
+        ("source", pa.string()),
+    ]
+    if all_maps:
+        for name in STUDENTS:
+            col = "map_" + name.lower().replace("+", "_plus_")
+            cols[col] = map_array(maps[name])
+            fields.append((col, map_type(h, w)))
+    cols["shard_id"] = pa.array([""] * t, pa.string())
+    fields.append(("shard_id", pa.string()))
+    return pa.table(cols, schema=pa.schema(fields))
+
+
+class PredictActor:
+    def __init__(
+        self, students: str, device: str, dtype: str, fusion: str | None, all_maps: bool
+    ) -> None:
+        self.predictor = StudentPredictor(students, device, dtype, fusion)
+        self.all_maps = all_maps
+
+    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+
+        maps = self.predictor.predict(clip)
+        return table_to_bytes(
+            predictions_table(
+                clip.key,
+                clip.times,
+                maps,
+                storage.redact(record.uri),
+                self.all_maps,
+                tuple(clip.source_size),
+                clip.audio_stream,
+            )
+        ), {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+
+        return to_batch([model_row(r, self.process) for r in from_batch(batch)])
+
+
+def run_predict(opts: PredictOptions) -> dict[str, Any]:
+
+    t0 = time.time()
+    storage.check_output_root(opts.out, "--out")
+    meta, preset, *_ = load_students(opts.students)  # inputs checked before Ray starts
+    listing = video_listing(opts.videos)
+    if not listing.num_inputs:
+        raise ValueError(f"--videos {opts.videos!r}: no videos; see --help")
+    init_ray(opts.address)
+    store = ShardStore(opts.out)
+    storage.makedirs(opts.out)
+    committed = store.scan()
+    if listing.rejects:
+        store.write_rejects([r for r in listing.rejects if r.input not in committed.keys])
+    todo = [r for r in listing.records if r.key not in committed.keys]
+    frames = 0
+    if todo:
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+        ds = decoded_through_actors(
+            todo,
+            preset.to_json(),
+            PredictActor,
+            {
+                "students": opts.students,
+                "device": opts.device,
+                "dtype": opts.dtype,
+                "fusion": opts.fusion,
+                "all_maps": opts.all_maps,
+            },
+            opts.actors or default_actors(gpus),
+            gpus,
+        )
+        ds = ds.map_batches(
+            write_label_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out}
+        )
+        frames, _, _ = consume(ds, len(todo))
+    committed = store.scan()
+    keys = {r.key for r in listing.records} | {j.input for j in listing.rejects}
+    predicted = {k for k in committed.shard_clips if k in keys}
+    rejected = {k for k in committed.reject_clips if k in keys}
+    if keys != predicted | rejected:
+        raise RuntimeError(
+            f"accounting failed: {len(keys)} inputs != {len(predicted)} predicted + {len(rejected)} rejects; rerun to finish"
+        )
+    shards = sorted({committed.shard_clips[k] for k in predicted})
+    manifest = {
+        "shards": [
+            {
+                "file": storage.join("shards", f.rsplit("/", 1)[-1]),
+                "rows": committed.shard_rows.get(f, 0),
+                "clips": sorted(c for c, g in committed.shard_clips.items() if g == f),
+            }
+            for f in shards
+        ],
+        "clips": len(predicted),
+        "rejects": len(rejected),
+    }
+    storage.write_json(storage.join(opts.out, "_manifest.json"), manifest)
+
+    write_parquet_atomic(storage.join(opts.out, "rejects.parquet"), store.all_rejects())
+    summary = {
+        "inputs": len(keys),
+        "predicted": len(predicted),
+        "rejected": len(rejected),
+        "frames_this_run": frames,
+        "seconds": round(time.time() - t0, 1),
+        "fusion": opts.fusion or meta.get("fusion"),
+    }
+    storage.write_json(
+        storage.join(opts.out, "run.json"),
+        {
+            "job": "predict",
+            "students": storage.redact(opts.students),
+            "arguments": json.loads(storage.redact(json.dumps(dataclasses.asdict(opts)))),
+            "summary": summary,
+        },
+    )
+    if opts.export_png:
+        export_pngs(opts.out, manifest, opts.export_png)
+    if opts.overlay_video:
+        write_overlays(opts.out, manifest, listing, preset, opts.overlay_video)
+    return summary
+
+
+def write_overlays(root: str, manifest: dict, listing: Any, preset: Preset, folder: str) -> None:
+    """One overlay video per clip (frames with the predicted map blended in)."""
+
+    os.makedirs(folder, exist_ok=True)
+    records = {r.key: r for r in listing.records}
+    for shard in manifest["shards"]:
+        t = read_parquet(storage.join(root, shard["file"]), ["video_id", "map"])
+        vids = np.asarray(t["video_id"].to_pylist())
+        maps = maps_from_column(t["map"]).astype(np.float32) / 255.0
+        for key in shard["clips"]:
+            clip = decode_clip(records[key], preset.frames, preset.spectrogram, need_audio=False)
+            m = maps[vids == key]
+            with av.open(os.path.join(folder, f"{key}.mp4"), "w") as c:
+                s = c.add_stream("libx264", rate=round(preset.frames.fps))
+                s.width, s.height, s.pix_fmt = clip.frames.shape[2], clip.frames.shape[1], "yuv420p"
+                for f, sal in zip(clip.frames, m, strict=False):
+                    for pkt in s.encode(
+                        av.VideoFrame.from_ndarray(
+                            overlay(
+                                f,
+                                F.interpolate(torch.from_numpy(sal)[None, None], size=f.shape[:2])[
+                                    0, 0
+                                ].numpy(),
+                            ),
+                            format="rgb24",
+                        )
+                    ):
+                        c.mux(pkt)
+                for pkt in s.encode():
+                    c.mux(pkt)
