@@ -59,21 +59,31 @@ def worlds(root: str) -> tuple[str, str]:
     return train, held
 
 
-def fit(root: str, train: str, candidate: str, seed: int, sets: dict | None = None) -> dict:
-    """The bundle of ``candidate`` (its + nets refitted with ``seed``) under root."""
+def fit(
+    root: str,
+    train: str,
+    candidate: str,
+    seed: int,
+    sets: dict | None = None,
+    refit: tuple[str, ...] = ("plus",),
+) -> dict:
+    """The bundle of ``candidate`` under root: the nets named in ``refit`` (``plus``: the
+    + nets, ``switch``: the audio switch) refitted with ``seed``, the others resumed."""
     from factory.train_job import TrainOptions, run_train
 
     weights, init, *extra = candidate.split("-")
     balance = "bal" in extra  # the audio switch with its classes balanced (refitted)
     run = os.path.join(root, "_run")
-    for d in glob.glob(os.path.join(run, "checkpoints", "*plus*")):
-        shutil.rmtree(d)  # the + nets only: the base nets resume as they are
+    if "plus" in refit:
+        for d in glob.glob(os.path.join(run, "checkpoints", "*plus*")):
+            shutil.rmtree(d)  # the + nets only: the base nets resume as they are
     marker = os.path.join(run, "switch_balance")
     previous = "False"
     if os.path.exists(marker):
         with open(marker) as f:
             previous = f.read()
-    if previous != str(balance):  # (the fine nets' crops keep the first switch's boxes)
+    if previous != str(balance) or "switch" in refit:
+        # (the fine nets' crops keep the first switch's boxes)
         shutil.rmtree(os.path.join(run, "checkpoints", "switch"), ignore_errors=True)
     os.makedirs(run, exist_ok=True)
     with open(marker, "w") as f:
@@ -194,6 +204,12 @@ def main() -> None:
         help="a preset override for every fit of this run (a new --root: the encoders "
         "change), e.g. --set 'encoders.plus.widths=[8,16,32,64,64]'",
     )
+    p.add_argument(
+        "--refit",
+        default="plus",
+        help="which nets each candidate refits: plus, switch or plus,switch (the others "
+        "resume from the run folder as the previous candidate left them)",
+    )
     a = p.parse_args()
     from factory.raycluster import init_ray
 
@@ -206,7 +222,7 @@ def main() -> None:
             results = json.load(f)
     for candidate in a.candidates.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            fitted = fit(a.root, train, candidate, seed, sets)
+            fitted = fit(a.root, train, candidate, seed, sets, tuple(a.refit.split(",")))
             for rule in a.rules.split(","):
                 r = {
                     "candidate": candidate + "".join(f" {k}={v}" for k, v in sets.items()),
