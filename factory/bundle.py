@@ -156,6 +156,7 @@ def build_nets(
             preset.cgcn,
             preset.head_convs,
             preset.plus_init,
+            preset.switch_arch,
         )
         for name in (labeler_nets(preset) if names is None else names)
     }

@@ -156,12 +156,18 @@ class Preset:
     # ``normal`` (normal(0, 0.01), the authors' value for every new layer). See
     # models/classifiers.PlusNet for why.
     plus_init: str = "identity"
+    # The audio switch: ``sa`` (the paper, Sec. 3.3: "a binary net with the SA
+    # architecture") or ``bilinear`` (the authors' code: pooled image and audio
+    # embeddings through a bilinear layer). See models/classifiers.audio_switch.
+    switch_arch: str = "sa"
 
     def __post_init__(self) -> None:
         if self.plus_weights not in ("pair", "type"):
             raise ValueError(f"plus_weights {self.plus_weights!r}: expected 'pair' or 'type'")
         if self.plus_init not in ("identity", "normal"):
             raise ValueError(f"plus_init {self.plus_init!r}: expected 'identity' or 'normal'")
+        if self.switch_arch not in ("sa", "bilinear"):
+            raise ValueError(f"switch_arch {self.switch_arch!r}: expected 'sa' or 'bilinear'")
 
     def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -249,6 +255,7 @@ def from_dict(d: dict[str, Any]) -> Preset:
         # initialised normal(0, 0.01): read them as what they are.
         plus_weights=d.get("plus_weights", "type"),
         plus_init=d.get("plus_init", "normal"),
+        switch_arch=d.get("switch_arch", "sa"),
     )
 
 
@@ -319,7 +326,8 @@ def customise(
 ) -> Preset:
     """A preset with a preset file, encoder weight files (``{"image": uri, "plus": uri,
     "audio": uri}``) and ``--set`` overrides applied, in that order. ``overrides`` keys
-    are training knobs (``batch_size``) or dotted preset fields (``frames.fine_size``).
+    are training knobs (``batch_size``), the preset's own fields (``switch_arch``) or
+    dotted preset fields (``frames.fine_size``).
     Unknown names raise ``ValueError`` listing the valid ones."""
     d = p.to_dict()
     if preset_file:
@@ -330,12 +338,15 @@ def customise(
                 f"--weights {name}=...: unknown encoder; one of {', '.join(ENCODER_NAMES)}"
             )
         d = merge_overrides(d, {"encoders": {name: {"weights": uri}}})
+    top = {k for k, v in d.items() if not isinstance(v, dict) and k != "name"}
     for key, value in (overrides or {}).items():
-        if "." not in key and key not in d["train"]:
+        if "." not in key and key not in d["train"] and key not in top:
             valid = sorted(d["train"])
             raise ValueError(
                 f"--set {key}: not a training knob; valid: {', '.join(valid)} "
-                "(or a dotted preset field such as frames.fine_size)"
+                f"(or a preset field: {', '.join(sorted(top))}, or a dotted one such as "
+                "frames.fine_size)"
             )
-        d = merge_overrides(d, dotted(key if "." in key else f"train.{key}", value))
+        path = key if "." in key or key in top else f"train.{key}"
+        d = merge_overrides(d, dotted(path, value))
     return from_dict(d)

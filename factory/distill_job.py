@@ -29,11 +29,12 @@ from factory.bundle import load_bundle
 from factory.config import Preset, from_dict
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.dataset import maps_from_column
+from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder
 from factory.evaluate import prediction_columns
 from factory.executors import LocalExecutor, RayExecutor
 from factory.feature_cache import cache_files, encode_blob
-from factory.pipeline import OK, deserialize_clip, from_batch, to_batch
+from factory.pipeline import ModelStage
 from factory.store import read_parquet
 from factory.students import (
     FUSION_DEFAULT,
@@ -71,10 +72,12 @@ class DistillOptions:
     encode_actors: int | None = None
 
 
-class DistillCacheActor:
+class DistillCacheActor(ModelStage):
     """Decoded clip + its pseudo-fixation maps -> a student cache row: the features once,
     and the maps of each of ``columns`` (uint8; ``map`` = SCAM+, or ``--ablation``
     variants, so one cache serves a student per variant)."""
+
+    stage = "distil cache"
 
     def __init__(
         self,
@@ -91,23 +94,12 @@ class DistillCacheActor:
         self.index = pseudo_index(pseudo)
         self.columns = tuple(columns)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
-        out = []
-        for row in from_batch(batch):
-            if row["status"] == OK:
-                clip = deserialize_clip(row["key"], row["payload"])
-                feats = student_features(self.encoder, self.switch, clip)
-                maps = pseudo_maps(self.index[row["key"]], row["key"], clip.times, self.columns)
-                for column, m in maps.items():
-                    feats[map_key(column)] = torch.from_numpy(m)
-                row = {
-                    **row,
-                    "payload": encode_blob(feats),
-                    "info": json.dumps({"has_audio": clip.has_audio, "n_frames": len(clip.times)}),
-                }
-            out.append(row)
-        return to_batch(out)
+    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+        feats = student_features(self.encoder, self.switch, clip)
+        maps = pseudo_maps(self.index[clip.key], clip.key, clip.times, self.columns)
+        for column, m in maps.items():
+            feats[map_key(column)] = torch.from_numpy(m)
+        return encode_blob(feats), {"has_audio": clip.has_audio, "n_frames": len(clip.times)}
 
 
 def pseudo_index(pseudo: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ only what is not committed (see :mod:`factory.store`); at the end it checks
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,11 +29,10 @@ from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.decode import DecodedClip
 from factory.pipeline import (
     OK,
+    ModelStage,
     decoded_through_actors,
     default_actors,
     from_batch,
-    model_row,
-    to_batch,
     write_rows,
 )
 from factory.pool import PoolEntries, build_sketch
@@ -98,8 +96,11 @@ class LabelSummary:
 # ---------------------------------------------------------------- the actor
 
 
-class LabelActor:
-    """Ray Data actor: loads the bundle once, labels decoded clips."""
+class LabelActor(ModelStage):
+    """Ray Data actor: loads the bundle once, labels decoded clips (a batch's frames go
+    through the encoders together, :meth:`prepare`)."""
+
+    stage = "label"
 
     def __init__(
         self,
@@ -143,20 +144,8 @@ class LabelActor:
         table = labels_table(labels, storage.redact(record.uri), self.ablation)
         return table_to_bytes(table), {**labels.counters, "has_audio": clip.has_audio}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from factory.pipeline import OK, deserialize_clip
-
-        rows = from_batch(batch)
-        clips: dict[str, DecodedClip] = {}
-        for r in rows:
-            if r["status"] == OK:
-                with contextlib.suppress(Exception):  # a bad payload is rejected by model_row
-                    clips[r["key"]] = deserialize_clip(r["key"], r["payload"])
-        try:  # the batch's frames through the encoders together (fuller GPU batches)
-            self.labeler.prepare(list(clips.values()))
-        except Exception as err:  # e.g. out of memory: fall back to clip by clip
-            log.warning("batched encoding failed (%s); encoding clip by clip", err)
-        return to_batch([model_row(r, self.process, clips.get(r["key"])) for r in rows])
+    def prepare(self, clips: list[DecodedClip]) -> None:
+        self.labeler.prepare(clips)  # fuller encoder batches (on a GPU above all)
 
 
 def write_label_batch(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ without Ray.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -212,9 +213,11 @@ def model_row(
     row: dict[str, Any],
     process: Callable[[DecodedClip, ClipRecord], tuple[bytes, dict]],
     clip: DecodedClip | None = None,
+    stage: str = "label",
 ) -> dict[str, Any]:
     """Run a model stage on one decoded row: ``process`` returns (payload, info).
-    ``clip``: the row's payload already deserialised."""
+    ``clip``: the row's payload already deserialised; ``stage``: what a reject from an
+    unforeseen error names."""
     if row["status"] != OK:
         return row
     record = ClipRecord.from_row(json.loads(row["record"]))
@@ -228,15 +231,48 @@ def model_row(
     except ClipError as err:
         return reject_row(row, err)
     except Exception as err:
-        log.error("clip %s failed in the model stage:\n%s", row["key"], traceback.format_exc())
+        log.error("clip %s failed in the %s stage:\n%s", row["key"], stage, traceback.format_exc())
         return reject_row(
             row,
             ClipError(
-                "label",
+                stage,
                 f"unexpected {type(err).__name__}: {storage.redact(str(err))}",
                 "report this with the clip attached",
             ),
         )
+
+
+class ModelStage:
+    """The base of every Ray Data model stage (label, predict, the train job's caches,
+    the distil cache). A subclass loads its model once per actor in ``__init__`` and
+    implements :meth:`process` for one clip; the base owns the batch loop, turns each
+    row's failure into that row's reject (the other rows of the batch go on), and times
+    each clip (``info["seconds"]``). ``stage`` names the stage in those rejects."""
+
+    stage = "label"
+
+    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+        """One decoded clip -> (payload, info): what the writer commits and a JSON-able
+        summary. Raise :class:`ClipError` to reject the clip with a reason."""
+        raise NotImplementedError
+
+    def prepare(self, clips: list[DecodedClip]) -> None:
+        """Work shared by a batch's clips before :meth:`process` runs on each (for
+        example one encoder pass over all their frames). Optional."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = from_batch(batch)
+        clips: dict[str, DecodedClip] = {}
+        for r in rows:
+            if r["status"] == OK:
+                with contextlib.suppress(Exception):  # a bad payload is rejected by model_row
+                    clips[r["key"]] = deserialize_clip(r["key"], r["payload"])
+        if clips:
+            try:
+                self.prepare(list(clips.values()))
+            except Exception as err:  # e.g. out of memory: process clip by clip instead
+                log.warning("%s: batch preparation failed (%s); clip by clip", self.stage, err)
+        return to_batch([model_row(r, self.process, clips.get(r["key"]), self.stage) for r in rows])
 
 
 def write_rows(

@@ -27,7 +27,7 @@ from factory.corpus import VIDEO_EXTENSIONS, ClipRecord, Listing, read_corpus
 from factory.dataset import map_array, map_type, maps_from_column, source_columns, table_to_bytes
 from factory.decode import DecodedClip, decode_clip
 from factory.label_job import consume, export_pngs, write_label_batch
-from factory.pipeline import decoded_through_actors, default_actors, from_batch, model_row, to_batch
+from factory.pipeline import ModelStage, decoded_through_actors, default_actors
 from factory.preview import overlay
 from factory.raycluster import cluster_gpus, init_ray
 from factory.store import ShardStore, read_parquet, write_parquet_atomic
@@ -133,7 +133,11 @@ def predictions_table(
     return pa.table(cols, schema=pa.schema(fields))
 
 
-class PredictActor:
+class PredictActor(ModelStage):
+    """Ray Data actor: loads the student bundle once, predicts tag-free maps per clip."""
+
+    stage = "predict"
+
     def __init__(
         self, students: str, device: str, dtype: str, fusion: str | None, all_maps: bool
     ) -> None:
@@ -154,10 +158,6 @@ class PredictActor:
                 clip.audio_stream,
             )
         ), {}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-
-        return to_batch([model_row(r, self.process) for r in from_batch(batch)])
 
 
 def run_predict(opts: PredictOptions) -> dict[str, Any]:

@@ -52,8 +52,7 @@ from factory.feature_cache import (
     read_cache_rows,
     rows_to_clips,
 )
-from factory.pipeline import OK, deserialize_clip, from_batch
-from factory.rejects import ClipError
+from factory.pipeline import ModelStage
 from models.registry import plus_nets
 
 log = logging.getLogger(__name__)
@@ -141,10 +140,12 @@ def needs_pretraining(preset: Preset) -> bool:
 # ---------------------------------------------------------------- Ray Data actors
 
 
-class CacheActor:
+class CacheActor(ModelStage):
     """Decoded clips -> cache rows. ``mode``: ``raw`` (coarse frames + spectrograms, for
     encoder pretraining), ``features`` (frozen-encoder features), ``fine`` (crop features
     at the coarse nets' boxes)."""
+
+    stage = "train cache"
 
     def __init__(
         self,
@@ -184,7 +185,10 @@ class CacheActor:
             mapping = storage.read_json(tagger_classes) if tagger_classes else {}
             self.tagger_classes = {int(k): v for k, v in mapping.items()}
 
-    def process(self, clip: Any, record: ClipRecord) -> bytes:
+    def process(self, clip: Any, record: ClipRecord) -> tuple[bytes, dict]:
+        return self._blob(clip, record), {"has_audio": clip.has_audio, "n_frames": len(clip.times)}
+
+    def _blob(self, clip: Any, record: ClipRecord) -> bytes:
         from factory.prepare import clip_features, fine_features
 
         if self.mode == "raw":
@@ -218,35 +222,6 @@ class CacheActor:
             logits = self.tagger(self._spectrograms(clip).to(self.encoder.device)).cpu()
         top = logits.argmax(1).tolist()
         return torch.tensor([float(self.tagger_classes.get(c) in record.tags) for c in top])
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = from_batch(batch)
-        out = []
-        for row in rows:
-            if row["status"] == OK:
-                record = ClipRecord.from_row(json.loads(row["record"]))
-                try:
-                    clip = deserialize_clip(row["key"], row["payload"])
-                    row = {
-                        **row,
-                        "payload": self.process(clip, record),
-                        "info": json.dumps(
-                            {"has_audio": clip.has_audio, "n_frames": len(clip.times)}
-                        ),
-                    }
-                except ClipError as err:
-                    row = {
-                        **row,
-                        "status": "reject",
-                        "payload": b"",
-                        "stage": err.stage,
-                        "reason": err.reason,
-                        "remedy": err.remedy,
-                    }
-            out.append(row)
-        from factory.pipeline import to_batch
-
-        return to_batch(out)
 
 
 def _resize_uint8(frames: np.ndarray, size: int) -> np.ndarray:

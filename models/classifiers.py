@@ -16,9 +16,11 @@ classifier of Sec. 3.3.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.cgcn import CGCN, init_class_map_conv
@@ -133,9 +135,7 @@ class AudioSwitch(SANet):
     when the logit is > 0, else zeros."""
 
     def __init__(self, cfg: NetConfig) -> None:
-        super().__init__(
-            NetConfig(1, cfg.image_channels, cfg.audio_dim, cfg.head, cfg.cgcn, cfg.fuse_channels)
-        )
+        super().__init__(dataclasses.replace(cfg, num_classes=1))
 
     def forward_features(self, inputs: Inputs) -> torch.Tensor:
         image = inputs["image"]
@@ -145,6 +145,53 @@ class AudioSwitch(SANet):
     def decide(self, inputs: Inputs) -> torch.Tensor:
         """(B,) float gate in {0, 1}."""
         return (self.forward(inputs)[:, 0] > 0).float()
+
+
+# Width of the bilinear switch's image and audio embeddings (the authors' code: 128).
+SWITCH_EMBED = 128
+
+
+class BilinearAudioSwitch(ClassificationNet):
+    """The audio switch as the authors' code builds it (SPEC.md, "code notes"): the image
+    feature pooled and projected to 128, the audio vector projected to 128, a bilinear
+    layer ``Bilinear(128, 128, 128)`` over the pair, then one logit (the code's 2-way
+    output as the binary Eq. 7 loss reads it: "on" when the logit is > 0). It compares
+    picture and sound directly, where the SA architecture (``AudioSwitch``) has to read
+    agreement out of an audio-gated image map. An option (``Preset.switch_arch``)."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        if cfg.audio_dim <= 0:
+            raise ValueError("the audio switch needs audio_dim > 0")
+        self.num_classes = 1
+        self.image_embed = nn.Linear(cfg.image_channels, SWITCH_EMBED)
+        self.audio_embed = nn.Linear(cfg.audio_dim, SWITCH_EMBED)
+        self.bilinear = nn.Bilinear(SWITCH_EMBED, SWITCH_EMBED, SWITCH_EMBED)
+        self.out = nn.Linear(SWITCH_EMBED, 1)
+        init_new_layers(self)
+
+    def forward_features(self, inputs: Inputs) -> torch.Tensor:
+        """(B, 1, 1, 1): the logit as a 1x1 class map, so GAP (``forward_head``) is it."""
+        image = inputs["image"]
+        pooled = image[:, image.shape[1] // 2].mean(dim=(-2, -1))
+        joint = self.bilinear(
+            F.relu(self.image_embed(pooled)), F.relu(self.audio_embed(inputs["audio"]))
+        )
+        return self.out(F.relu(joint))[:, :, None, None]
+
+    @torch.no_grad()
+    def decide(self, inputs: Inputs) -> torch.Tensor:
+        """(B,) float gate in {0, 1}."""
+        return (self.forward(inputs)[:, 0] > 0).float()
+
+
+def audio_switch(cfg: NetConfig) -> ClassificationNet:
+    """The switch ``cfg.switch_arch`` names: ``sa`` (the paper) or ``bilinear``."""
+    if cfg.switch_arch == "sa":
+        return AudioSwitch(cfg)
+    if cfg.switch_arch == "bilinear":
+        return BilinearAudioSwitch(cfg)
+    raise ValueError(f"switch_arch {cfg.switch_arch!r}: expected 'sa' or 'bilinear'")
 
 
 class AudioTagger(nn.Module):

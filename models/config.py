@@ -173,6 +173,9 @@ class NetConfig:
     cgcn: CGCNConfig = field(default_factory=CGCNConfig)
     fuse_channels: int = 0  # width of fuse-module intermediates; 0 = image_channels
     plus_init: str = "identity"  # a + net's class-map layers: "identity" or "normal" (0.01)
+    # The audio switch's architecture: "sa" (the paper: "a binary net with the SA
+    # architecture") or "bilinear" (the authors' code; see models.classifiers).
+    switch_arch: str = "sa"
 
 
 # STA+'s node width c (Eq. 18). The paper's is 28, AVE's class count; the students are

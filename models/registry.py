@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.classifiers import AudioSwitch, AudioTagger, PlusNet, SANet, SNet, STNet
+from models.classifiers import AudioTagger, PlusNet, SANet, SNet, STNet, audio_switch
 from models.config import (
     STUDENT_GRAPH_CHANNELS,
     CGCNConfig,
@@ -98,7 +98,7 @@ NETS: dict[str, NetEntry] = {
         NetEntry(
             "switch",
             InputSpec("image", "F5", 1, True, label="switch"),
-            AudioSwitch,
+            audio_switch,
             3,
             "audio switch (Sec. 3.3)",
         ),
@@ -172,10 +172,12 @@ def net_config(
     cgcn: CGCNConfig | None = None,
     head_convs: int | None = 0,
     plus_init: str = "identity",
+    switch_arch: str = "sa",
 ) -> NetConfig:
     """``head_convs``: 0 = the paper's plain classifier (Sec. 3.3: a 1x1 conv to c, then
     GAP) for every net; ``None`` = the authors' code (three 3x3 convs first, except S).
-    ``plus_init``: see :class:`models.classifiers.PlusNet`."""
+    ``plus_init``: see :class:`models.classifiers.PlusNet`; ``switch_arch``: see
+    :func:`models.classifiers.audio_switch`."""
     entry = NETS[name]
     return NetConfig(
         num_classes=num_classes,
@@ -186,6 +188,7 @@ def net_config(
         ),
         cgcn=cgcn or CGCNConfig(),
         plus_init=plus_init,
+        switch_arch=switch_arch,
     )
 
 
@@ -197,12 +200,15 @@ def build_net(
     cgcn: CGCNConfig | None = None,
     head_convs: int | None = 0,
     plus_init: str = "identity",
+    switch_arch: str = "sa",
 ) -> nn.Module:
     """Construct a registered net (without its encoders)."""
     if name not in NETS:
         raise KeyError(f"unknown net {name!r}; registered: {', '.join(sorted(NETS))}")
     return NETS[name].build(
-        net_config(name, num_classes, encoders, head_hidden, cgcn, head_convs, plus_init)
+        net_config(
+            name, num_classes, encoders, head_hidden, cgcn, head_convs, plus_init, switch_arch
+        )
     )
 
 

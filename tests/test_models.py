@@ -292,3 +292,41 @@ def test_plus_net_names_pair_and_type():
     assert split_term("S") == ("S", None)
     with pytest.raises(ValueError, match="plus_weights"):
         plus_net("S+", "short", "shared")
+
+
+def test_bilinear_switch_compares_picture_and_sound_by_hand(encoders_cfg):
+    # the authors' switch: logit = out(relu(Bilinear(relu(E_i pool(image)), relu(E_a audio))))
+    from models.classifiers import BilinearAudioSwitch
+
+    net = build_net("switch", C, encoders_cfg, switch_arch="bilinear")
+    assert isinstance(net, BilinearAudioSwitch)
+    ci, ca = net.image_embed.in_features, net.audio_embed.in_features
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.image_embed.weight[0, 0] = 1.0  # embedding 0 of the picture: its channel 0
+        net.audio_embed.weight[0, 0] = 1.0  # embedding 0 of the sound: its coordinate 0
+        net.bilinear.weight[0, 0, 0] = 2.0  # joint 0 = 2 x picture_0 x sound_0
+        net.out.weight[0, 0] = 1.0
+        net.out.bias[0] = -1.0  # "on" only where 2 x p x s > 1
+        image = torch.zeros(3, 1, ci, 2, 2)
+        image[:, 0, 0] = torch.tensor([1.0, 1.0, 0.0])[:, None, None]  # pooled channel 0
+        audio = torch.zeros(3, ca)
+        audio[:, 0] = torch.tensor([1.0, 0.0, 1.0])
+        logits = net({"image": image, "audio": audio})
+    # both present: 2 x 1 x 1 - 1 = 1; sound missing / picture missing: relu(0) - 1 = -1
+    assert torch.allclose(logits[:, 0], torch.tensor([1.0, -1.0, -1.0]))
+    assert net.decide({"image": image, "audio": audio}).tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="switch_arch 'mlp'"):
+        build_net("switch", C, encoders_cfg, switch_arch="mlp")
+
+
+def test_preset_fields_and_knobs_are_set_by_name():
+    from factory.config import customise, preset
+
+    p = customise(preset("tiny"), overrides={"switch_arch": "bilinear", "epochs": 2})
+    assert (p.switch_arch, p.train.epochs) == ("bilinear", 2)
+    with pytest.raises(ValueError, match="switch_arch 'mlp'"):
+        customise(preset("tiny"), overrides={"switch_arch": "mlp"})
+    with pytest.raises(ValueError, match="or a preset field: .*switch_arch"):
+        customise(preset("tiny"), overrides={"switcharch": "bilinear"})

@@ -1,0 +1,79 @@
+"""The model stages' base (factory.pipeline.ModelStage) without Ray: one clip's failure
+is that clip's reject, named after the stage; the other clips of the batch go on; a
+failed batch preparation falls back to clip by clip."""
+
+import json
+
+import numpy as np
+
+from factory.corpus import ClipRecord
+from factory.decode import DecodedClip
+from factory.pipeline import OK, REJECT, ModelStage, empty_row, from_batch, serialize_clip, to_batch
+from factory.rejects import ClipError
+
+
+def decoded_row(key: str, frames: int) -> dict:
+    clip = DecodedClip(
+        key,
+        np.zeros((frames, 8, 8, 3), np.uint8),
+        np.arange(frames) / 8.0,
+        None,
+        0.0,
+        frames / 8.0,
+        (8, 8),
+    )
+    record = ClipRecord(key=key, uri=f"{key}.mp4", tags=("dog",))
+    row = empty_row(key, json.dumps(record.to_row()))
+    return {**row, "payload": serialize_clip(clip), "n_frames": frames}
+
+
+class CountFrames(ModelStage):
+    stage = "count"
+
+    def __init__(self, fail_prepare: bool = False) -> None:
+        self.prepared: list[str] = []
+        self.fail_prepare = fail_prepare
+
+    def prepare(self, clips: list[DecodedClip]) -> None:
+        if self.fail_prepare:
+            raise MemoryError("out of memory")
+        self.prepared = [c.key for c in clips]
+
+    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+        if clip.key == "bad":
+            raise ClipError("count", "two heads", "drop the clip")
+        if clip.key == "broken":
+            raise ZeroDivisionError("division by zero")
+        return str(len(clip.times)).encode(), {"frames": len(clip.times)}
+
+
+def test_rows_fail_alone_and_name_the_stage():
+    stage = CountFrames()
+    rows = [decoded_row(k, n) for k, n in (("a", 3), ("bad", 2), ("broken", 4), ("b", 5))]
+    rows.append({**empty_row("gone", rows[0]["record"]), "status": REJECT, "reason": "decode"})
+    out = {r["key"]: r for r in from_batch(stage(to_batch(rows)))}
+    assert stage.prepared == ["a", "bad", "broken", "b"]  # the batch, before any clip
+    assert out["a"]["status"] == OK and out["a"]["payload"] == b"3"
+    assert out["b"]["payload"] == b"5"
+    assert json.loads(out["a"]["info"])["frames"] == 3
+    assert json.loads(out["a"]["info"])["seconds"] >= 0
+    assert (out["bad"]["status"], out["bad"]["stage"], out["bad"]["reason"]) == (
+        REJECT,
+        "count",
+        "two heads",
+    )
+    assert out["broken"]["status"] == REJECT and out["broken"]["stage"] == "count"
+    assert "ZeroDivisionError" in out["broken"]["reason"]
+    assert out["gone"]["reason"] == "decode"  # an earlier reject passes untouched
+
+
+def test_a_failed_preparation_falls_back_to_clip_by_clip():
+    out = from_batch(CountFrames(fail_prepare=True)(to_batch([decoded_row("a", 3)])))
+    assert out[0]["status"] == OK and out[0]["payload"] == b"3"
+
+
+def test_a_corrupt_payload_is_that_rows_reject():
+    rows = [decoded_row("a", 3), {**decoded_row("b", 2), "payload": b"not an npz"}]
+    out = {r["key"]: r for r in from_batch(CountFrames()(to_batch(rows)))}
+    assert out["a"]["status"] == OK
+    assert out["b"]["status"] == REJECT and out["b"]["stage"] == "count"
