@@ -166,8 +166,12 @@ def test_cgcn_messages_equal_the_explicit_edge_matrices():
                 if a != b:
                     edges = torch.softmax(keys[bi, a].T @ keys[bi, b], dim=-1)  # (p, q)
                     expected[bi, a] += (edges @ states[bi, b].T).T
-    for fused in (False, True):  # the plain form (CPU) and the attention kernel (CUDA)
+    for fused in (False, True, None):  # the plain form, the attention kernel, the default
         assert torch.allclose(node_messages(states, keys, fused), expected, atol=1e-5)
+    from models.cgcn import use_fused
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not use_fused(cpu, 16 * 16) and use_fused(cpu, 32 * 32) and use_fused(gpu, 16 * 16)
 
 
 def test_cgcn_one_step_equals_gate_then_refine():
@@ -328,5 +332,5 @@ def test_preset_fields_and_knobs_are_set_by_name():
     assert (p.switch_arch, p.train.epochs) == ("bilinear", 2)
     with pytest.raises(ValueError, match="switch_arch 'mlp'"):
         customise(preset("tiny"), overrides={"switch_arch": "mlp"})
-    with pytest.raises(ValueError, match="or a preset field: .*switch_arch"):
+    with pytest.raises(ValueError, match=r"or a preset field: .*switch_arch"):
         customise(preset("tiny"), overrides={"switcharch": "bilinear"})
