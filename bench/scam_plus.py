@@ -88,7 +88,7 @@ def fit(
     os.makedirs(run, exist_ok=True)
     with open(marker, "w") as f:
         f.write(str(balance))
-    out = os.path.join(root, "bundles", f"{candidate}@{seed}")
+    out = os.path.join(root, "bundles", run_name(candidate, seed, sets))
     t0 = time.time()
     result = run_train(
         TrainOptions(
@@ -107,6 +107,14 @@ def fit(
         "accuracy": {n: m.get("accuracy") for n, m in result["metrics"]["nets"].items()},
         "fit_s": round(time.time() - t0, 1),
     }
+
+
+def run_name(candidate: str, seed: int, sets: dict | None) -> str:
+    """The folder name of a candidate's bundle and labels: the --set overrides are part of
+    it, so runs that differ only in them never resume each other's labels."""
+    extra = "".join(f"+{k}={json.dumps(v, separators=(',', ':'))}" for k, v in (sets or {}).items())
+    extra = extra.replace("/", "_").replace('"', "")
+    return f"{candidate}{extra}@{seed}"
 
 
 def selection(out: str, held: str) -> dict:
@@ -230,7 +238,7 @@ def main() -> None:
                     "rule": rule,
                     "accuracy": fitted["accuracy"],
                     "fit_s": fitted["fit_s"],
-                    **score(a.root, held, fitted["bundle"], rule, f"{candidate}@{seed}"),
+                    **score(a.root, held, fitted["bundle"], rule, run_name(candidate, seed, sets)),
                 }
                 results.append(r)
                 print(json.dumps(r), flush=True)
