@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from factory import storage
@@ -28,25 +27,23 @@ from factory.config import Preset
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.decode import DecodedClip
 from factory.pipeline import (
-    OK,
     ModelStage,
     decoded_through_actors,
     default_actors,
-    from_batch,
-    write_rows,
 )
 from factory.pool import PoolEntries, build_sketch
 from factory.rejects import ClipError
-from factory.store import ShardStore, write_parquet_atomic
+from factory.sink import (
+    close_dataset,
+    consume,
+    export_pngs,
+    open_dataset,
+    write_batch,
+    write_run_record,
+)
+from factory.store import ShardStore
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 10.0
-
-
-class AccountingError(RuntimeError):
-    pass
-
 
 WRITE_CPUS = 0.25  # per writer task
 
@@ -148,22 +145,6 @@ class LabelActor(ModelStage):
         self.labeler.prepare(clips)  # fuller encoder batches (on a GPU above all)
 
 
-def write_label_batch(batch: dict[str, np.ndarray], root: str) -> dict[str, np.ndarray]:
-    """Ray Data function (tasks): commit a batch of labelled / rejected clips."""
-    import pyarrow as pa
-
-    from factory.dataset import table_from_bytes
-
-    def make_table(rows: list[dict[str, Any]]) -> pa.Table:
-        return pa.concat_tables([table_from_bytes(r["payload"]) for r in rows])
-
-    summary = write_rows(from_batch(batch), root, make_table)
-    return {
-        k: np.array([s[k] for s in summary])
-        for k in ("key", "status", "file", "n_frames", "info", "reason")
-    }
-
-
 # ---------------------------------------------------------------- the pool
 
 
@@ -227,18 +208,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
     bundle = load_bundle(opts.bundle)
     listing = listing.restrict_to(bundle.vocabulary)
     init_ray(opts.address)
-    store = ShardStore(opts.out)
-    storage.makedirs(opts.out)
-    committed = store.scan()
-    if committed.removed:
-        log.warning(
-            "removed %d overlapping or unreadable file(s) left by an interrupted run",
-            len(committed.removed),
-        )
-    pending_listing_rejects = [r for r in listing.rejects if r.input not in committed.keys]
-    if pending_listing_rejects:
-        store.write_rejects(pending_listing_rejects)
-    todo = [r for r in listing.records if r.key not in committed.keys]
+    store, todo = open_dataset(opts.out, listing)
     log.info(
         "label: %d inputs (%d clips, %d rejected at listing); %d already committed, %d to label",
         listing.num_inputs,
@@ -293,7 +263,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             decode_cpus=opts.decode_cpus,
         )
         ds = ds.map_batches(
-            write_label_batch,
+            write_batch,
             batch_size=opts.clips_per_shard,
             num_cpus=WRITE_CPUS,
             fn_kwargs={"root": opts.out},
@@ -309,36 +279,6 @@ def run_label(opts: LabelOptions) -> LabelSummary:
     return summary
 
 
-def consume(ds: Any, total: int) -> tuple[int, dict[str, int], float]:
-    """Run a decode -> actor -> write dataset to the end (the label and predict jobs):
-    logs progress every ``PROGRESS_EVERY_S`` and every reject; returns (frames committed,
-    the summed integer counters of the rows' ``info``, seconds)."""
-    t0 = last = time.time()
-    frames = rejected = 0
-    counters: dict[str, int] = {}
-    for done, row in enumerate(ds.iter_rows(), start=1):
-        if row["status"] == OK:
-            frames += int(row["n_frames"])
-            for k, v in json.loads(row.get("info") or "{}").items():
-                if isinstance(v, int) and not isinstance(v, bool):
-                    counters[k] = counters.get(k, 0) + v
-        else:
-            rejected += 1
-            log.warning("reject %s: %s", row["key"], row["reason"])
-        if time.time() - last > PROGRESS_EVERY_S or done == total:
-            el = time.time() - t0
-            log.info(
-                "progress: %d/%d clips, %d frames, %.1f frames/s, %d rejected",
-                done,
-                total,
-                frames,
-                frames / max(el, 1e-9),
-                rejected,
-            )
-            last = time.time()
-    return frames, counters, time.time() - t0
-
-
 def finish(
     opts: LabelOptions,
     listing: Listing,
@@ -351,67 +291,29 @@ def finish(
     t_start: float,
 ) -> LabelSummary:
     """Accounting, manifest, rejects table, run record, preview, PNG export."""
-    committed = store.scan()
-    expected = {r.key for r in listing.records} | {j.input for j in listing.rejects}
-    labelled = {k for k in committed.shard_clips if k in expected}
-    rejected = {k for k in committed.reject_clips if k in expected}
-    missing = expected - labelled - rejected
-    both = labelled & rejected
-    log.info(
-        "accounting: inputs %d = labelled clips %d + rejects %d",
-        len(expected),
-        len(labelled),
-        len(rejected),
-    )
-    if missing or both or len(expected) != len(labelled) + len(rejected):
-        raise AccountingError(
-            f"accounting failed for {opts.out}: {len(expected)} inputs != {len(labelled)} labelled + {len(rejected)} rejects "
-            f"(missing: {sorted(missing)[:5]}, in both: {sorted(both)[:5]}); rerun the same command to finish"
-        )
-    shard_files = sorted({committed.shard_clips[k] for k in labelled})
-    manifest = {
-        "shards": [
-            {
-                "file": storage.join("shards", f.rsplit("/", 1)[-1]),
-                "rows": committed.shard_rows.get(f, 0),
-                "clips": sorted(c for c, g in committed.shard_clips.items() if g == f),
-            }
-            for f in shard_files
-        ],
-        "rows": sum(committed.shard_rows.get(f, 0) for f in shard_files),
-        "clips": len(labelled),
-        "rejects": len(rejected),
-    }
-    storage.write_json(storage.join(opts.out, "_manifest.json"), manifest)
-    rejects = store.all_rejects()
-    write_parquet_atomic(storage.join(opts.out, "rejects.parquet"), rejects)
-    reasons: dict[str, int] = {}
-    for stage, reason in zip(
-        rejects["stage"].to_pylist(), rejects["reason"].to_pylist(), strict=True
-    ):
-        key = f"{stage}: {reason.split(' (')[0][:60]}"
-        reasons[key] = reasons.get(key, 0) + 1
+    closed = close_dataset(opts.out, listing, store, "labelled")
+    manifest, labelled = closed.manifest, closed.committed
     seconds = time.time() - t_start
     summary = LabelSummary(
         out=opts.out,
-        inputs=len(expected),
+        inputs=closed.inputs,
         labelled=len(labelled),
-        rejected=len(rejected),
+        rejected=len(closed.rejected),
         frames=manifest["rows"],
         new_clips=new_clips,
         seconds=round(seconds, 2),
         frames_per_s=round(new_frames / label_s, 2) if label_s > 0 else 0.0,
-        reject_reasons=reasons,
+        reject_reasons=closed.reasons,
         counters=counters,
     )
     from factory.bundle import code_version
 
     run_record = {
         "job": "label",
-        "arguments": json.loads(storage.redact(json.dumps(dataclasses.asdict(opts), default=str))),
+        "arguments": dataclasses.asdict(opts),
         "code_version": code_version(),
         "bundle": {
-            "uri": storage.redact(opts.bundle),
+            "uri": opts.bundle,
             "fingerprint": bundle.fingerprint(),
             "hashes": bundle.hashes,
             "cgcn": dataclasses.asdict(bundle.cgcn),
@@ -420,7 +322,7 @@ def finish(
         "summary": summary.to_dict(),
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    storage.write_json(storage.join(opts.out, "run.json"), run_record)
+    write_run_record(opts.out, run_record)
     if opts.preview and labelled:
         try:
             from factory.preview import write_preview
@@ -432,22 +334,6 @@ def finish(
         n = export_pngs(opts.out, manifest, opts.export_png)
         log.info("exported %d PNG maps under %s", n, opts.export_png)
     return summary
-
-
-def export_pngs(root: str, manifest: dict, out_dir: str) -> int:
-    from factory.dataset import export_png
-    from factory.store import read_parquet
-
-    n = 0
-    for shard in manifest["shards"]:
-        n += export_png(
-            read_parquet(
-                storage.join(root, shard["file"]),
-                ["video_id", "frame_index", "map", "source_height", "source_width"],
-            ),
-            out_dir,
-        )
-    return n
 
 
 def read_dataset(root: str, columns: list[str] | None = None) -> pa.Table:

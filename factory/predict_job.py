@@ -8,7 +8,6 @@ schema minus the tag columns, exactly once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -26,11 +25,18 @@ from factory.config import Preset
 from factory.corpus import VIDEO_EXTENSIONS, ClipRecord, Listing, read_corpus
 from factory.dataset import map_array, map_type, maps_from_column, source_columns, table_to_bytes
 from factory.decode import DecodedClip, decode_clip
-from factory.label_job import consume, export_pngs, write_label_batch
 from factory.pipeline import ModelStage, decoded_through_actors, default_actors
 from factory.preview import overlay
 from factory.raycluster import cluster_gpus, init_ray
-from factory.store import ShardStore, read_parquet, write_parquet_atomic
+from factory.sink import (
+    close_dataset,
+    consume,
+    export_pngs,
+    open_dataset,
+    write_batch,
+    write_run_record,
+)
+from factory.store import read_parquet
 from factory.students import (
     StudentPredictor,
     load_students,
@@ -169,12 +175,7 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
     if not listing.num_inputs:
         raise ValueError(f"--videos {opts.videos!r}: no videos; see --help")
     init_ray(opts.address)
-    store = ShardStore(opts.out)
-    storage.makedirs(opts.out)
-    committed = store.scan()
-    if listing.rejects:
-        store.write_rejects([r for r in listing.rejects if r.input not in committed.keys])
-    todo = [r for r in listing.records if r.key not in committed.keys]
+    store, todo = open_dataset(opts.out, listing)
     frames = 0
     if todo:
         gpus = 1.0 if cluster_gpus() >= 1 else 0.0
@@ -192,55 +193,30 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
             opts.actors or default_actors(gpus),
             gpus,
         )
-        ds = ds.map_batches(
-            write_label_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out}
-        )
+        ds = ds.map_batches(write_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out})
         frames, _, _ = consume(ds, len(todo))
-    committed = store.scan()
-    keys = {r.key for r in listing.records} | {j.input for j in listing.rejects}
-    predicted = {k for k in committed.shard_clips if k in keys}
-    rejected = {k for k in committed.reject_clips if k in keys}
-    if keys != predicted | rejected:
-        raise RuntimeError(
-            f"accounting failed: {len(keys)} inputs != {len(predicted)} predicted + {len(rejected)} rejects; rerun to finish"
-        )
-    shards = sorted({committed.shard_clips[k] for k in predicted})
-    manifest = {
-        "shards": [
-            {
-                "file": storage.join("shards", f.rsplit("/", 1)[-1]),
-                "rows": committed.shard_rows.get(f, 0),
-                "clips": sorted(c for c, g in committed.shard_clips.items() if g == f),
-            }
-            for f in shards
-        ],
-        "clips": len(predicted),
-        "rejects": len(rejected),
-    }
-    storage.write_json(storage.join(opts.out, "_manifest.json"), manifest)
-
-    write_parquet_atomic(storage.join(opts.out, "rejects.parquet"), store.all_rejects())
+    closed = close_dataset(opts.out, listing, store, "predicted")
     summary = {
-        "inputs": len(keys),
-        "predicted": len(predicted),
-        "rejected": len(rejected),
+        "inputs": closed.inputs,
+        "predicted": len(closed.committed),
+        "rejected": len(closed.rejected),
         "frames_this_run": frames,
         "seconds": round(time.time() - t0, 1),
         "fusion": opts.fusion or meta.get("fusion"),
     }
-    storage.write_json(
-        storage.join(opts.out, "run.json"),
+    write_run_record(
+        opts.out,
         {
             "job": "predict",
-            "students": storage.redact(opts.students),
-            "arguments": json.loads(storage.redact(json.dumps(dataclasses.asdict(opts)))),
+            "students": opts.students,
+            "arguments": dataclasses.asdict(opts),
             "summary": summary,
         },
     )
     if opts.export_png:
-        export_pngs(opts.out, manifest, opts.export_png)
+        export_pngs(opts.out, closed.manifest, opts.export_png)
     if opts.overlay_video:
-        write_overlays(opts.out, manifest, listing, preset, opts.overlay_video)
+        write_overlays(opts.out, closed.manifest, listing, preset, opts.overlay_video)
     return summary
 
 
