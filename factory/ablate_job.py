@@ -34,6 +34,7 @@ import torch
 
 from factory import metrics as M
 from factory import storage
+from factory.config import ExecutionConfig
 from factory.labeler import ABLATION_MAPS, MAP_NAMES
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,7 @@ class AblateOptions:
     gt_fps: float = 30.0
     local: bool = False  # students in this process instead of on Ray
     address: str | None = None
-    # execution of the students (the attributes factory.executors reads)
-    workers_per_net: int = 1
-    gpus_per_net: float = 0.0
-    cpus_per_worker: float | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 2
-    encode_actors: int | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # the students'
 
 
 @dataclass
@@ -200,7 +195,9 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
     check_columns(pseudo, variants)
 
     # 2. one cache, then a student per (variant, seed) and STA+ on SCAM+
-    executor: Any = LocalExecutor(opts) if opts.local else RayExecutor(opts)
+    executor: Any = (
+        LocalExecutor(opts.execution) if opts.local else RayExecutor(opts.execution, opts.address)
+    )
     labelled = set(pseudo_index(pseudo))
     records = [r for r in read_corpus(opts.corpus).records if r.key in labelled]
     run_dir = storage.join(opts.out, "_run")

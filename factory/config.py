@@ -135,6 +135,22 @@ class LabelConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """How a job's nets run on the cluster (the train, distil and ablate jobs; read by
+    :mod:`factory.executors`): Ray Train workers per net and the GPUs they share, CPUs
+    per worker (None: what fits every net of a phase at once), trials at once (None: as
+    many as fit), a net's restarts after a worker failure, and the feature caches'
+    encoder actors (None: one per GPU, else the CPUs but one)."""
+
+    workers_per_net: int = 1
+    gpus_per_net: float = 0.0
+    cpus_per_worker: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    encode_actors: int | None = None
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     encoders: EncodersConfig

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from factory import storage
 from factory.bundle import load_bundle
-from factory.config import Preset, from_dict
+from factory.config import ExecutionConfig, Preset, from_dict
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.dataset import maps_from_column
 from factory.decode import DecodedClip
@@ -63,13 +63,7 @@ class DistillOptions:
     address: str | None = None
     fusion: str = FUSION_DEFAULT
     target: str = PSEUDO_COLUMN  # the dataset's column to learn from (an --ablation variant)
-    # execution (the attributes factory.executors reads; "net" = one student)
-    workers_per_net: int = 1
-    gpus_per_net: float = 0.0
-    cpus_per_worker: float | None = None
-    max_concurrent: int | None = None
-    max_failures: int = 2
-    encode_actors: int | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # "net" = a student
 
 
 class DistillCacheActor(ModelStage):
@@ -219,7 +213,9 @@ def run_distill(opts: DistillOptions) -> dict[str, Any]:
         )
     run = storage.join(opts.out, "_run")
     cache = storage.join(run, "features")
-    executor: Any = LocalExecutor(opts) if opts.local else RayExecutor(opts)
+    executor: Any = (
+        LocalExecutor(opts.execution) if opts.local else RayExecutor(opts.execution, opts.address)
+    )
     stats = build_student_cache(
         executor, records, cache, preset, bundle_uri, opts.pseudo, (opts.target,)
     )

@@ -10,9 +10,8 @@ files, the same per-net training (:func:`factory.net_training.train_net`, which 
 classification nets, the encoder pretraining and the students alike) and the same
 checkpoint folders, so a run started one way resumes the other way.
 
-Both take the execution options by attribute (``TrainOptions`` and ``DistillOptions``
-carry them): ``address``, ``workers_per_net``, ``gpus_per_net``, ``cpus_per_worker``,
-``max_concurrent``, ``max_failures``, ``encode_actors``.
+Both take an :class:`factory.config.ExecutionConfig` (the train, distil and ablate jobs'
+options carry one); :class:`RayExecutor` also the cluster's address.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from factory import storage
-from factory.config import Preset, from_dict
+from factory.config import ExecutionConfig, Preset, from_dict
 from factory.corpus import ClipRecord, Listing
 from factory.feature_cache import (
     batch_rows,
@@ -299,11 +298,11 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, opts: Any) -> None:
+    def __init__(self, execution: ExecutionConfig, address: str | None = None) -> None:
         from factory.raycluster import init_ray
 
-        self.opts = opts
-        init_ray(opts.address)
+        self.execution = execution
+        init_ray(address)
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
         import ray
@@ -334,7 +333,7 @@ class RayExecutor:
             preset.to_json(),
             actor,
             actor_kwargs,
-            self.opts.encode_actors or default_actors(gpus),
+            self.execution.encode_actors or default_actors(gpus),
             gpus,
         )
         ds = ds.map_batches(
@@ -359,7 +358,7 @@ class RayExecutor:
 
         from factory.raycluster import cluster_cpus
 
-        opts = self.opts
+        opts = self.execution
         # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
         # feed the trainers (on 2 CPUs, trainers that took every CPU starved their own
         # data); the rest is shared by the nets of the phase, so all of them run at once.
@@ -411,8 +410,8 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, opts: Any) -> None:
-        self.opts = opts
+    def __init__(self, execution: ExecutionConfig) -> None:
+        self.execution = execution
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
         return entries

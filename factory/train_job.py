@@ -41,7 +41,7 @@ import torch
 
 from factory import storage
 from factory.bundle import Bundle, build_nets
-from factory.config import Preset, customise, from_dict
+from factory.config import ExecutionConfig, Preset, customise, from_dict
 from factory.config import preset as get_preset
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.executors import LocalExecutor, RayExecutor
@@ -79,17 +79,12 @@ class TrainOptions:
     fine_tune: bool = False
     plus_weights: str | None = None  # see Preset.plus_weights; None: the preset's ("pair")
     plus_init: str | None = None  # see Preset.plus_init; None: the preset's ("identity")
-    workers_per_net: int = 1
-    gpus_per_net: float = 0.0
-    cpus_per_worker: float | None = None  # default: what fits all nets of a phase at once
-    max_concurrent: int | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     storage_path: str | None = None  # checkpoints and caches; default <out>/_run
     audio_tagger: str | None = None  # a TorchScript audio classifier (spectrogram -> logits)
     audio_tagger_classes: str | None = None  # JSON: tagger class index -> corpus tag
     tag_field: str = "tag"
     address: str | None = None
-    encode_actors: int | None = None
-    max_failures: int = 2
     inject_failure: str | None = None  # tests only: "<net>:<epoch>" kills that worker once
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: knob or dotted field
     preset_file: str | None = None  # JSON / TOML overriding any preset field
@@ -345,7 +340,9 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
             opts.out,
         )
         return {"bundle": opts.out, "skipped": True, "metrics": load_bundle(opts.out).metrics}
-    executor: Any = LocalExecutor(opts) if local else RayExecutor(opts)
+    executor: Any = (
+        LocalExecutor(opts.execution) if local else RayExecutor(opts.execution, opts.address)
+    )
     run = run_dir(opts)
     storage.makedirs(run)
     checkpoints = storage.join(run, "checkpoints")

@@ -16,6 +16,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
+from factory.config import ExecutionConfig  # noqa: E402
 from factory.distill_job import DistillOptions, run_distill  # noqa: E402
 
 
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
             address=a.address,
             fusion=a.fusion,
             target=a.target,
-            workers_per_net=a.workers_per_student,
-            gpus_per_net=a.gpus_per_student,
+            execution=ExecutionConfig(
+                workers_per_net=a.workers_per_student, gpus_per_net=a.gpus_per_student
+            ),
         )
     )
     print(f"\nstudents: {a.out}  ({meta['clips']['clips']} clips, {meta['seconds']} s)")

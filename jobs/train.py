@@ -19,6 +19,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
+from factory.config import ExecutionConfig  # noqa: E402
 from factory.train_job import TrainOptions, run_train, summary_table  # noqa: E402
 
 
@@ -152,10 +153,12 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         fine_tune=a.fine_tune,
         plus_weights=a.plus_weights,
         plus_init=a.plus_init,
-        workers_per_net=a.workers_per_net,
-        gpus_per_net=a.gpus_per_net,
-        cpus_per_worker=a.cpus_per_worker,
-        max_concurrent=a.max_concurrent,
+        execution=ExecutionConfig(
+            workers_per_net=a.workers_per_net,
+            gpus_per_net=a.gpus_per_net,
+            cpus_per_worker=a.cpus_per_worker,
+            max_concurrent=a.max_concurrent,
+        ),
         storage_path=a.storage_path,
         audio_tagger=a.audio_tagger,
         audio_tagger_classes=a.audio_tagger_classes,
