@@ -72,7 +72,7 @@ def random_bundle(preset: Preset, vocabulary: list[str]) -> Bundle:
     return Bundle(
         preset,
         vocabulary,
-        Encoders(enc.image, enc.plus, enc.audio),
+        Encoders.from_config(enc),
         build_nets(preset, len(vocabulary), LABELER_NETS),
     )
 

@@ -258,6 +258,7 @@ def from_dict(d: dict[str, Any]) -> Preset:
             ImageTrunkConfig(**tuples(enc["image"])),
             DilatedVGGConfig(**tuples(enc["plus"])),
             AudioEncoderConfig(**tuples(enc["audio"])),
+            plus_trunk=enc.get("plus_trunk", "vgg"),  # bundles from before the option
         ),
         frames=FrameConfig(**d["frames"]),
         spectrogram=SpectrogramConfig(**d["spectrogram"]),

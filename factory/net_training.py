@@ -81,7 +81,8 @@ def build_trainable(
 
         e = preset.encoders
         unfrozen = EncodersConfig(
-            *(dataclasses.replace(c, frozen=False) for c in (e.image, e.plus, e.audio))
+            *(dataclasses.replace(c, frozen=False) for c in (e.image, e.plus, e.audio)),
+            plus_trunk=e.plus_trunk,
         )
         net = EncoderPretrainNet(build_encoders(unfrozen), len(vocab)).to(device)
         optimizer = torch.optim.AdamW(

@@ -21,7 +21,7 @@ from torch import nn
 from factory.config import Preset
 from factory.losses import multilabel_soft_margin
 from factory.training import TrainingClip
-from models.encoders import Encoders
+from models.encoders import DilatedVGG, Encoders
 
 COLOUR_JITTER = 0.3  # the authors' augmentation strength
 MIN_CROP_SCALE = 0.35  # random resized crops down to 35% of the side (the fine stage zooms)
@@ -35,7 +35,13 @@ class EncoderPretrainNet(nn.Module):
         self.encoders = encoders
         self.image_head = nn.Linear(encoders.image.channels["F5"], num_classes)
         self.mid_head = nn.Linear(encoders.image.channels["F4"], num_classes)
-        self.plus_head = nn.Linear(encoders.plus.channels, num_classes)
+        # the dilated VGG16 learns from its own head; an image trunk read at stride 8
+        # (``plus_trunk = image``) is the image trunk, fitted through the heads above
+        self.plus_head = (
+            nn.Linear(encoders.plus.channels, num_classes)
+            if isinstance(encoders.plus, DilatedVGG)
+            else None
+        )
         self.audio_head = nn.Linear(encoders.audio.out_dim, num_classes)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,8 +49,10 @@ class EncoderPretrainNet(nn.Module):
         out = {
             "image": self.image_head(f["F5"].mean(dim=(-2, -1))),
             "mid": self.mid_head(f["F4"].mean(dim=(-2, -1))),
-            "plus": self.plus_head(self.encoders.plus(inputs["frames"]).mean(dim=(-2, -1))),
         }
+        if self.plus_head is not None:
+            plus = self.encoders.plus(inputs["frames"])
+            out["plus"] = self.plus_head(plus.mean(dim=(-2, -1)))
         # audio is classified against the clip's tag too (mismatched sound is label noise)
         out["audio"] = self.audio_head(self.encoders.audio(inputs["spectrogram"]))
         return out
@@ -98,10 +106,10 @@ class PretrainTask:
     ) -> torch.Tensor:
         out = net(inputs)
         labels = labels.to(out["image"].device)
-        total = (
-            multilabel_soft_margin(out["image"], labels)
-            + multilabel_soft_margin(out["mid"], labels)
-            + multilabel_soft_margin(out["plus"], labels)
+        total = sum(
+            multilabel_soft_margin(out[head], labels)
+            for head in ("image", "mid", "plus")
+            if head in out
         )
         valid = inputs["audio_valid"].bool()
         if valid.any():

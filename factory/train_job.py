@@ -128,7 +128,8 @@ def signature(listing: Listing, preset: Preset, opts: TrainOptions) -> str:
 
 def needs_pretraining(preset: Preset) -> bool:
     e = preset.encoders
-    no_weights = not (e.image.weights and e.plus.weights and e.audio.weights)
+    plus_weights = e.plus.weights or e.plus_trunk == "image"  # the image trunk's, then
+    no_weights = not (e.image.weights and plus_weights and e.audio.weights)
     return preset.train.pretrain_epochs > 0 and (no_weights or preset.train.fine_tune)
 
 

@@ -29,10 +29,14 @@ def build_encoders(cfg: EncodersConfig, seed: int = ENCODER_INIT_SEED) -> Encode
     """Encoders with weights from ``cfg.*.weights`` where given, else seeded init."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        encoders = Encoders(cfg.image, cfg.plus, cfg.audio)
+        encoders = Encoders.from_config(cfg)
     loaders = (
         (cfg.image.weights, load_image_trunk_weights, encoders.image, "image trunk"),
-        (cfg.plus.weights, load_dilated_vgg_weights, encoders.plus, "dilated VGG16"),
+        *(
+            ((cfg.plus.weights, load_dilated_vgg_weights, encoders.plus, "dilated VGG16"),)
+            if cfg.plus_trunk == "vgg"
+            else ()
+        ),
         (cfg.audio.weights, load_audio_encoder_weights, encoders.audio, "audio encoder"),
     )
     for uri, load, module, what in loaders:
@@ -58,6 +62,12 @@ def check_weights(cfg: EncodersConfig) -> None:
     """Before any cluster starts: every configured weights file exists and fits its
     encoder (a ``ValueError`` / ``FileNotFoundError`` naming the file otherwise). Builds
     the encoders once when a file is configured; does nothing without one."""
+    if cfg.plus_trunk == "image" and cfg.plus.weights:
+        raise ValueError(
+            f"plus encoder weights {storage.redact(cfg.plus.weights)!r}: the preset's + nets "
+            "read the image trunk (encoders.plus_trunk = image), not a VGG16; drop --weights "
+            "plus=... or set encoders.plus_trunk=vgg"
+        )
     named = {
         "image": cfg.image.weights,
         "plus": cfg.plus.weights,

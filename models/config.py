@@ -111,11 +111,35 @@ class AudioEncoderConfig:
         )
 
 
+# Where the + nets' (and STA+'s) stride-8 features come from (``EncodersConfig.plus_trunk``).
+PLUS_TRUNKS = ("vgg", "image")
+# The stride of the + nets' maps (32 x 32 at 256 input, as the paper's C-GCN nodes).
+PLUS_STRIDE = 8
+
+
 @dataclass(frozen=True)
 class EncodersConfig:
+    """The shared encoders. ``plus_trunk``: ``vgg`` (the authors' stride-8 dilated VGG16,
+    ``plus``) or ``image`` (the image trunk itself run at stride 8, its layers past
+    stride 8 dilated with the same weights, read at F4: the + nets then stand on the
+    backbone of the S / ST / SA nets, as the paper's Sec. 4.3 describes them, "directly
+    adopted partial of the SCAM's classification nets as their backbones"; ``plus`` is
+    unused). The tiny preset uses ``image``: without ImageNet weights its VGG is fitted
+    from scratch and does not learn (see bench/RESULTS.md, "SCAM+")."""
+
     image: ImageTrunkConfig = field(default_factory=ImageTrunkConfig)
     plus: DilatedVGGConfig = field(default_factory=DilatedVGGConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    plus_trunk: str = "vgg"
+
+    def __post_init__(self) -> None:
+        if self.plus_trunk not in PLUS_TRUNKS:
+            raise ValueError(f"plus_trunk {self.plus_trunk!r}: one of {', '.join(PLUS_TRUNKS)}")
+
+    @property
+    def plus_channels(self) -> int:
+        """Channels of the + nets' features."""
+        return self.image.channels["F4"] if self.plus_trunk == "image" else self.plus.channels
 
     @staticmethod
     def paper() -> EncodersConfig:
@@ -126,7 +150,10 @@ class EncodersConfig:
     @staticmethod
     def tiny() -> EncodersConfig:
         return EncodersConfig(
-            ImageTrunkConfig.tiny(), DilatedVGGConfig.tiny(), AudioEncoderConfig.tiny()
+            ImageTrunkConfig.tiny(),
+            DilatedVGGConfig.tiny(),
+            AudioEncoderConfig.tiny(),
+            plus_trunk="image",
         )
 
 

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from models.config import AudioEncoderConfig, DilatedVGGConfig, ImageTrunkConfig
+from models.config import (
+    PLUS_STRIDE,
+    AudioEncoderConfig,
+    DilatedVGGConfig,
+    EncodersConfig,
+    ImageTrunkConfig,
+)
 
 # Channel taps of the image trunk, named as the paper names the side outputs (Eq. 16):
 # F3 = layer2, F4 = layer3 (the S net's input), F5 = layer4 (ST / SA / STA input).
@@ -82,13 +88,56 @@ class ImageTrunk(nn.Module):
         self.strides["F5"] = self.strides["F4"] * cfg.layer_strides[3]
         init_encoder(self)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, output_stride: int | None = None) -> dict[str, torch.Tensor]:
+        """Side outputs F3, F4, F5. ``output_stride`` (e.g. 8): a layer whose stride would
+        take the maps below 1/output_stride of the input runs with stride 1 and dilated
+        3x3 convs instead, as do the layers after it (torchvision's
+        ``replace_stride_with_dilation``, DeepLab's atrous trunk): finer maps of the same
+        weights."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        f3 = self.layer2(x)
-        f4 = self.layer3(f3)
-        f5 = self.layer4(f4)
-        return {"F3": f3, "F4": f4, "F5": f5}
+        stride, dilation, outs = 4, 1, []
+        for layer, step in zip(
+            (self.layer1, self.layer2, self.layer3, self.layer4),
+            self.cfg.layer_strides,
+            strict=True,
+        ):
+            if dilation == 1 and (output_stride is None or stride * step <= output_stride):
+                x, stride = layer(x), stride * step
+            else:
+                x = _dilated_layer(layer, x, dilation, dilation * step)
+                dilation *= step
+            outs.append(x)
+        return {"F3": outs[1], "F4": outs[2], "F5": outs[3]}
+
+
+def _dilated_block(block: nn.Module, x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A torchvision ``Bottleneck`` / ``BasicBlock`` at stride 1 with its 3x3 convs dilated
+    by ``dilation``: the block ``_make_layer(dilate=True)`` would build, on these weights."""
+
+    def conv3x3(conv: nn.Conv2d, inp: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(inp, conv.weight, conv.bias, 1, dilation, dilation, conv.groups)
+
+    if isinstance(block, Bottleneck):
+        out = block.relu(block.bn1(block.conv1(x)))
+        out = block.relu(block.bn2(conv3x3(block.conv2, out)))
+        out = block.bn3(block.conv3(out))
+    else:
+        out = block.relu(block.bn1(conv3x3(block.conv1, x)))
+        out = block.bn2(conv3x3(block.conv2, out))
+    identity = x
+    if block.downsample is not None:
+        conv, bn = block.downsample[0], block.downsample[1]
+        identity = bn(F.conv2d(x, conv.weight, conv.bias))
+    return block.relu(out + identity)
+
+
+def _dilated_layer(layer: nn.Sequential, x: torch.Tensor, first: int, rest: int) -> torch.Tensor:
+    """A ResNet layer at stride 1: the first block dilated by ``first`` (the dilation
+    before this layer), the others by ``rest`` (it times the stride replaced), as
+    torchvision builds them."""
+    for k, block in enumerate(layer):
+        x = _dilated_block(block, x, first if k == 0 else rest)
+    return x
 
 
 def init_encoder(module: nn.Module) -> None:
@@ -242,29 +291,51 @@ def load_audio_encoder_weights(enc: AudioEncoder, state: Mapping[str, torch.Tens
     enc.load_state_dict(remapped, strict=True)
 
 
+class AtrousImageTap(nn.Module):
+    """The image trunk run at output stride 8 (:meth:`ImageTrunk.forward`), read at F4:
+    the + nets' features when ``EncodersConfig.plus_trunk == "image"``. It holds the
+    trunk without registering it (no second copy of its weights in a state dict; moving
+    or freezing the encoders moves and freezes the trunk once)."""
+
+    def __init__(self, trunk: ImageTrunk) -> None:
+        super().__init__()
+        self._trunk = [trunk]
+        self.channels = trunk.channels["F4"]
+        self.stride = PLUS_STRIDE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._trunk[0](x, output_stride=PLUS_STRIDE)["F4"]
+
+
 class Encoders(nn.Module):
     """The three shared encoders. In frozen mode (the default for scale) their features
-    are computed once per frame and shared by every net and every window."""
+    are computed once per frame and shared by every net and every window. ``plus`` is
+    the dilated VGG16 or, with ``plus_trunk="image"``, the image trunk at stride 8."""
 
     def __init__(
-        self, image: ImageTrunkConfig, plus: DilatedVGGConfig, audio: AudioEncoderConfig
+        self,
+        image: ImageTrunkConfig,
+        plus: DilatedVGGConfig,
+        audio: AudioEncoderConfig,
+        plus_trunk: str = "vgg",
     ) -> None:
         super().__init__()
         self.image = ImageTrunk(image)
-        self.plus = DilatedVGG(plus)
+        self.plus = DilatedVGG(plus) if plus_trunk == "vgg" else AtrousImageTap(self.image)
         self.audio = AudioEncoder(audio)
-        for module, cfg in ((self.image, image), (self.plus, plus), (self.audio, audio)):
-            if cfg.frozen:
-                module.requires_grad_(False)
+        self.frozen = {"image": image.frozen, "plus": plus.frozen, "audio": audio.frozen}
+        for name in ("image", "plus", "audio"):
+            if self.frozen[name]:
+                getattr(self, name).requires_grad_(False)
+
+    @staticmethod
+    def from_config(cfg: EncodersConfig) -> Encoders:
+        return Encoders(cfg.image, cfg.plus, cfg.audio, cfg.plus_trunk)
 
     def train(self, mode: bool = True) -> Encoders:
         # Frozen encoders stay in eval mode (BatchNorm statistics are not updated).
         super().train(mode)
-        for module, cfg in (
-            (self.image, self.image.cfg),
-            (self.plus, self.plus.cfg),
-            (self.audio, self.audio.cfg),
-        ):
-            if cfg.frozen:
-                module.eval()
+        for name, frozen in self.frozen.items():
+            if frozen:
+                getattr(self, name).eval()
         return self

@@ -160,7 +160,7 @@ def spec_channels(spec: InputSpec, encoders: EncodersConfig) -> int:
         assert spec.tap is not None
         return encoders.image.channels[spec.tap]
     if spec.trunk == "plus":
-        return encoders.plus.channels
+        return encoders.plus_channels
     return 0
 
 
@@ -222,7 +222,7 @@ def student_config(
         ch = encoders.image.channels
         return StudentConfig(ch["F5"], (ch["F3"], ch["F4"], ch["F5"]), encoders.audio.out_dim)
     return StudentConfig(
-        encoders.plus.channels,
+        encoders.plus_channels,
         (0, 0, 0),
         encoders.audio.out_dim,
         graph_channels=graph_channels,

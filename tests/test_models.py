@@ -1,6 +1,7 @@
 """Contract tests over every registered net and student, the C-GCN by hand, and weight
 loading through the config path."""
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from torchvision.models.vgg import VGG, make_layers
 
 from factory import equations as eq
 from factory import losses
-from factory.weights import build_encoders
+from factory.weights import build_encoders, check_weights
 from models.cgcn import CGCN, node_messages
 from models.config import (
     AudioEncoderConfig,
@@ -20,7 +21,7 @@ from models.config import (
     EncodersConfig,
     ImageTrunkConfig,
 )
-from models.encoders import AudioEncoder, DilatedVGG
+from models.encoders import AudioEncoder, DilatedVGG, ImageTrunk
 from models.registry import NETS, STUDENTS, EncodedNet, build_net, build_student
 
 C = 5
@@ -228,6 +229,50 @@ class TestWeightLoading:
             # up to and including pool3 (index 8) the two networks are the same function
             assert torch.allclose(enc.plus.features[:9](x), ref.features[:9](x), atol=1e-6)
             assert enc.plus(x).shape[-1] == 64 // 8
+
+    def test_atrous_image_trunk_equals_torchvisions_dilated_resnet(self):
+        """``output_stride=8`` is torchvision's ``replace_stride_with_dilation`` on the
+        same weights (ResNet-50 layout, random init, nothing downloaded)."""
+        torch.manual_seed(0)
+        ref = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True])
+        ref.eval()
+        cfg = ImageTrunkConfig(
+            layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), groups=1, width_per_group=64
+        )
+        ours = ImageTrunk(cfg).eval()
+        ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+        x = torch.randn(1, 3, 96, 96)
+        with torch.no_grad():
+            y = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+            f4 = ref.layer3(ref.layer2(ref.layer1(y)))
+            out = ours(x, output_stride=8)
+            assert torch.allclose(out["F4"], f4, atol=1e-5)
+            assert torch.allclose(out["F5"], ref.layer4(f4), atol=1e-5)
+            assert out["F5"].shape[-1] == 96 // 8
+            assert ours(x)["F5"].shape[-1] == 96 // 32  # without it: the usual strides
+
+    def test_plus_features_from_the_image_trunk(self):
+        """``plus_trunk = image``: the + nets' features are the image trunk's F4 at stride
+        8, with no weights of their own (nothing extra in the state dict)."""
+        cfg = EncodersConfig.tiny()
+        assert cfg.plus_trunk == "image" and cfg.plus_channels == cfg.image.channels["F4"]
+        enc = build_encoders(cfg)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            plus = enc.plus(x)
+            assert torch.equal(plus, enc.image(x, output_stride=8)["F4"])
+        assert plus.shape == (2, cfg.plus_channels, 8, 8)
+        assert not any(k.startswith("plus.") for k in enc.state_dict())
+        vgg = build_encoders(dataclasses.replace(cfg, plus_trunk="vgg"))
+        assert any(k.startswith("plus.") for k in vgg.state_dict())
+
+    def test_plus_weights_without_a_vgg_are_an_error(self, tmp_path):
+        path = tmp_path / "vgg.pth"
+        torch.save({}, path)
+        cfg = EncodersConfig.tiny()
+        cfg = dataclasses.replace(cfg, plus=dataclasses.replace(cfg.plus, weights=str(path)))
+        with pytest.raises(ValueError, match="plus_trunk"):
+            check_weights(cfg)
 
     def test_paper_vgg16_keys_line_up_with_torchvision(self):
         ours = DilatedVGG(DilatedVGGConfig.paper()).state_dict()
