@@ -1,5 +1,6 @@
-"""Decoding with PyAV: frames at a configured rate inside a clip's segment, resized to
-the working size, and the 16 kHz mono sound around them.
+"""Decoding with PyAV: frames at a configured rate inside a clip's segment, fitted into
+the working size with their aspect ratio kept (a letterbox, :mod:`factory.geometry`),
+and the 16 kHz mono sound around them.
 
 - Any container / codec / frame rate / size that FFmpeg reads; the decoder seeks to the
   segment's keyframe instead of decoding a long file from the start.
@@ -28,6 +29,7 @@ import torchaudio.functional as AF
 from factory import storage
 from factory.config import FrameConfig, SpectrogramConfig
 from factory.corpus import ClipRecord, parse_tar_member_uri
+from factory.geometry import content_box, letterbox
 from factory.rejects import ClipError
 
 log = logging.getLogger(__name__)
@@ -130,9 +132,19 @@ def _decode_frames(
     if not chosen:
         return np.zeros((0, height, width, 3), np.uint8), np.zeros(0), 0
     turns = quarter_turns(chosen[0])
-    # a quarter turn swaps the sides: decode to the turned size, then turn
-    w, h = (height, width) if turns % 2 else (width, height)
-    arrays = [np.rot90(f.to_ndarray(format="rgb24", width=w, height=h), turns) for f in chosen]
+    # the picture as shown (a quarter turn swaps the sides), fitted into the working
+    # size with its aspect kept (factory.geometry): decode to the fitted size before the
+    # turn, turn, then centre it on the letterbox canvas
+    sh, sw = chosen[0].height, chosen[0].width
+    shown = (sw, sh) if turns % 2 else (sh, sw)
+    _y0, _x0, ch, cw = content_box(shown, (height, width))
+    dw, dh = (ch, cw) if turns % 2 else (cw, ch)
+    arrays = [
+        letterbox(
+            np.rot90(f.to_ndarray(format="rgb24", width=dw, height=dh), turns), (height, width)
+        )
+        for f in chosen
+    ]
     return np.ascontiguousarray(np.stack(arrays)), np.asarray(chosen_t), turns
 
 

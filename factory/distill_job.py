@@ -34,6 +34,7 @@ from factory.encoding import FrameEncoder
 from factory.evaluate import prediction_columns
 from factory.executors import LocalExecutor, RayExecutor
 from factory.feature_cache import cache_files, encode_blob
+from factory.geometry import to_working
 from factory.pipeline import ModelStage
 from factory.store import read_parquet
 from factory.students import (
@@ -90,7 +91,9 @@ class DistillCacheActor(ModelStage):
 
     def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
         feats = student_features(self.encoder, self.switch, clip)
-        maps = pseudo_maps(self.index[clip.key], clip.key, clip.times, self.columns)
+        maps = pseudo_maps(
+            self.index[clip.key], clip.key, clip.times, self.columns, clip.frames.shape[1:3]
+        )
         for column, m in maps.items():
             feats[map_key(column)] = torch.from_numpy(m)
         return encode_blob(feats), {"has_audio": clip.has_audio, "n_frames": len(clip.times)}
@@ -105,16 +108,26 @@ def pseudo_index(pseudo: str) -> dict[str, str]:
 
 
 def pseudo_maps(
-    shard: str, key: str, times: np.ndarray, columns: tuple[str, ...] = (PSEUDO_COLUMN,)
+    shard: str,
+    key: str,
+    times: np.ndarray,
+    columns: tuple[str, ...] = (PSEUDO_COLUMN,),
+    size: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """A clip's maps (T, H, W) uint8 of each of ``columns`` from its shard, matched to
-    ``times``."""
+    ``times``; given the working ``size``, maps stored at the video's own size
+    (``--map-size source``) are put back into the working letterbox."""
 
     # only this clip's rows: a shard holds many clips, and the cache actor asks per clip
     t = read_parquet(shard, ["video_id", "time_s", *columns], filters=[("video_id", "=", key)])
     ptimes = t["time_s"].to_numpy()
     idx = [int(np.argmin(np.abs(ptimes - x))) for x in times]
-    return {c: maps_from_column(t[c])[idx] for c in columns}
+    out = {}
+    for c in columns:
+        maps = maps_from_column(t[c])
+        # a dataset labelled with --map-size source: back into the working letterbox
+        out[c] = np.stack([to_working(maps[k], size) for k in idx]) if size else maps[idx]
+    return out
 
 
 def check_columns(pseudo: str, columns: tuple[str, ...]) -> None:

@@ -260,18 +260,29 @@ def load_predictions(
             )  # frame numbers, matched by index
         return out
     from factory.dataset import maps_from_column
-    from factory.store import read_parquet
+    from factory.geometry import to_source
+    from factory.store import parquet_columns, read_parquet
 
     parts: dict[str, dict[str, list]] = {c: {} for c in columns}
     for f in _parquet_files(pred):
-        t = read_parquet(f, ["video_id", "time_s", *columns])
+        sized = "source_height" in parquet_columns(f)
+        t = read_parquet(
+            f,
+            ["video_id", "time_s", *columns, *(("source_height", "source_width") if sized else ())],
+        )
         vids = np.asarray(t["video_id"].to_pylist())
         times = t["time_s"].to_numpy()
+        heights = t["source_height"].to_numpy() if sized else np.zeros(len(vids), int)
+        widths = t["source_width"].to_numpy() if sized else np.zeros(len(vids), int)
         for c in columns:
-            maps = maps_from_column(t[c]).astype(np.float32) / 255.0
+            maps = maps_from_column(t[c])  # working size, or each video's own (--map-size)
             for v in np.unique(vids):
-                sel = vids == v
-                parts[c].setdefault(v, []).append((times[sel], maps[sel]))
+                sel = np.flatnonzero(vids == v)
+                # the video's rectangle of the letterboxed map (factory.geometry)
+                size = (int(heights[sel[0]]), int(widths[sel[0]]))
+                video_maps = np.stack([to_source(maps[k], size) for k in sel])
+                video_maps = video_maps.astype(np.float32) / 255.0
+                parts[c].setdefault(v, []).append((times[sel], video_maps))
     for c in columns:
         for v, chunks in parts[c].items():
             times = np.concatenate([a for a, _ in chunks])
@@ -485,10 +496,11 @@ def figure(
             )
             base = np.asarray(Image.fromarray(base).resize((w, h)))
             pm = np.clip(M.resize_to(pmaps[k], (h, w)), 0, 1)
-            when = f"{t.video}  t = {t.times[j]:.2f} s"
-            frame_row.append((base, when))
-            truth_row.append((overlay(base, t.maps[j]), f"ground truth, {when}"))
-            pred_row.append((overlay(base, pm), f"{method}, {when}"))
+            # short panel titles (the row labels name the clip and the method)
+            when = f"t = {t.times[j]:.2f} s"
+            frame_row.append((base, f"{t.video}  {when}"))
+            truth_row.append((overlay(base, t.maps[j]), f"ground truth  {when}"))
+            pred_row.append((overlay(base, pm), f"prediction  {when}"))
         rows += [frame_row, truth_row, pred_row]
         labels += [f"{t.video}: frame", "ground truth (fixations)", method]
     if rows:

@@ -71,6 +71,9 @@ class LabelOptions:
     actor_cpus: float = 1.0
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
     preview: bool = True
+    # where the Parquet maps live: "working" (the working resolution, the video
+    # letterboxed into it) or "source" (each video's own frame size); see factory.dataset
+    map_size: str = "working"
 
 
 @dataclass
@@ -110,6 +113,7 @@ class LabelActor(ModelStage):
         postprocess: str = "none",
         confidence: str | None = None,
         no_source: str | None = None,
+        map_size: str = "working",
     ) -> None:
         from factory.labeler import Labeler
         from factory.pool import PoolSource
@@ -127,6 +131,7 @@ class LabelActor(ModelStage):
         )
         self.ablation = ablation
         self.reject_silent = reject_silent
+        self.map_size = map_size
 
     def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
         from factory.dataset import labels_table, table_to_bytes
@@ -138,7 +143,7 @@ class LabelActor(ModelStage):
                 "the run asks to reject clips without audio (--reject-silent); drop the flag to label it with S, ST, S+ and ST+",
             )
         labels = self.labeler.label(clip, list(record.tags))
-        table = labels_table(labels, storage.redact(record.uri), self.ablation)
+        table = labels_table(labels, storage.redact(record.uri), self.ablation, self.map_size)
         return table_to_bytes(table), {**labels.counters, "has_audio": clip.has_audio}
 
     def prepare(self, clips: list[DecodedClip]) -> None:
@@ -255,6 +260,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "postprocess": opts.postprocess,
                 "confidence": opts.confidence,
                 "no_source": opts.no_source,
+                "map_size": opts.map_size,
             },
             actors,
             gpus_per_actor,

@@ -35,6 +35,7 @@ from factory import equations as eq
 from factory.bundle import Bundle
 from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder, normalize_frames, resize_square
+from factory.geometry import content_mask
 from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
 from factory.pool import PoolEntries, PoolSource
 from factory.postprocess import POSTPROCESS
@@ -406,11 +407,12 @@ class Labeler:
         conf_mean = torch.stack(per_tag_conf, 0).mean(0)  # (T, 11)
         boxes_u = torch.stack(boxes_all, 0)
         union = torch.cat([boxes_u[..., :2].amin(0), boxes_u[..., 2:].amax(0)], dim=-1)
+        on_frame = torch.from_numpy(content_mask(clip.source_size, size)).to(self.device)
         result = ClipLabels(
             key=clip.key,
             tags=list(tags),
             times=clip.times,
-            maps=self._finish(combine_tags(torch.stack(per_tag_maps, 1), weights)),
+            maps=self._finish(combine_tags(torch.stack(per_tag_maps, 1), weights), on_frame),
             boxes=union.cpu().numpy().astype(np.float32),
             box_fallback=torch.stack(fallback_all, 0).any(0).cpu().numpy(),
             confidences={
@@ -424,14 +426,16 @@ class Labeler:
         )
         if self.ablation:
             result.ablation = {
-                k: self._finish(combine_tags(torch.stack(v, 1), weights))
+                k: self._finish(combine_tags(torch.stack(v, 1), weights), on_frame)
                 for k, v in ablation.items()
             }
         return result
 
-    def _finish(self, maps: torch.Tensor) -> np.ndarray:
-        """A clip's maps of one variant (T, H, W), post-processed if asked, as float32."""
-        return self.postprocess(maps).cpu().numpy().astype(np.float32)
+    def _finish(self, maps: torch.Tensor, on_frame: torch.Tensor) -> np.ndarray:
+        """A clip's maps of one variant (T, H, W) as float32: zero on the letterbox bands
+        (not part of the video, :mod:`factory.geometry`; the equations' maps are kept as
+        they are on the video), post-processed if asked."""
+        return self.postprocess(maps * on_frame).cpu().numpy().astype(np.float32)
 
 
 def for_tag(confidences: torch.Tensor, other_tags: Sequence[int]) -> torch.Tensor:

@@ -17,14 +17,13 @@ from typing import Any
 import av
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 
 from factory import storage
 from factory.config import Preset
 from factory.corpus import VIDEO_EXTENSIONS, ClipRecord, Listing, read_corpus
 from factory.dataset import map_array, map_type, maps_from_column, source_columns, table_to_bytes
 from factory.decode import DecodedClip, decode_clip
+from factory.geometry import to_source
 from factory.pipeline import ModelStage, decoded_through_actors, default_actors
 from factory.preview import overlay
 from factory.raycluster import cluster_gpus, init_ray
@@ -61,6 +60,7 @@ class PredictOptions:
     device: str = "auto"
     dtype: str = "auto"
     all_maps: bool = False  # also write each student's own map
+    map_size: str = "working"  # "source": maps at each video's own size (as the label job's)
     address: str | None = None
 
 
@@ -104,9 +104,12 @@ def predictions_table(
     all_maps: bool,
     source_size: tuple[int, int] = (0, 0),
     audio_stream: int | None = None,
+    map_size: str = "working",
 ) -> pa.Table:
-
+    """The rows of one predicted clip; ``map_size`` as the label job's (the maps at the
+    working resolution, or at ``source_size``)."""
     t, h, w = maps["map"].shape
+    at_source = source_size if map_size == "source" else None
     cols: dict[str, pa.Array] = {
         "video_id": pa.array([key] * t, pa.string()),
         "frame_index": pa.array(np.arange(t, dtype=np.int32)),
@@ -114,7 +117,7 @@ def predictions_table(
         "height": pa.array(np.full(t, h, np.int32)),
         "width": pa.array(np.full(t, w, np.int32)),
         **source_columns(source_size, audio_stream, t),
-        "map": map_array(maps["map"]),
+        "map": map_array(maps["map"], at_source),
         "source": pa.array([source] * t, pa.string()),
     }
     fields = [
@@ -126,14 +129,14 @@ def predictions_table(
         ("source_height", pa.int32()),
         ("source_width", pa.int32()),
         ("audio_stream", pa.int32()),
-        ("map", map_type(h, w)),
+        ("map", map_type(h, w, map_size)),
         ("source", pa.string()),
     ]
     if all_maps:
         for name in STUDENTS:
             col = "map_" + name.lower().replace("+", "_plus_")
-            cols[col] = map_array(maps[name])
-            fields.append((col, map_type(h, w)))
+            cols[col] = map_array(maps[name], at_source)
+            fields.append((col, map_type(h, w, map_size)))
     cols["shard_id"] = pa.array([""] * t, pa.string())
     fields.append(("shard_id", pa.string()))
     return pa.table(cols, schema=pa.schema(fields))
@@ -145,10 +148,17 @@ class PredictActor(ModelStage):
     stage = "predict"
 
     def __init__(
-        self, students: str, device: str, dtype: str, fusion: str | None, all_maps: bool
+        self,
+        students: str,
+        device: str,
+        dtype: str,
+        fusion: str | None,
+        all_maps: bool,
+        map_size: str = "working",
     ) -> None:
         self.predictor = StudentPredictor(students, device, dtype, fusion)
         self.all_maps = all_maps
+        self.map_size = map_size
 
     def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
 
@@ -162,6 +172,7 @@ class PredictActor(ModelStage):
                 self.all_maps,
                 tuple(clip.source_size),
                 clip.audio_stream,
+                self.map_size,
             )
         ), {}
 
@@ -189,6 +200,7 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
                 "dtype": opts.dtype,
                 "fusion": opts.fusion,
                 "all_maps": opts.all_maps,
+                "map_size": opts.map_size,
             },
             opts.actors or default_actors(gpus),
             gpus,
@@ -221,32 +233,30 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
 
 
 def write_overlays(root: str, manifest: dict, listing: Any, preset: Preset, folder: str) -> None:
-    """One overlay video per clip (frames with the predicted map blended in)."""
+    """One overlay video per clip at the video's own frame size (rounded to even sides,
+    as H.264 needs): its frames decoded at that size, the predicted map's video
+    rectangle (:func:`factory.geometry.to_source`) blended in."""
 
     os.makedirs(folder, exist_ok=True)
     records = {r.key: r for r in listing.records}
     for shard in manifest["shards"]:
-        t = read_parquet(storage.join(root, shard["file"]), ["video_id", "map"])
+        t = read_parquet(
+            storage.join(root, shard["file"]), ["video_id", "map", "source_height", "source_width"]
+        )
         vids = np.asarray(t["video_id"].to_pylist())
-        maps = maps_from_column(t["map"]).astype(np.float32) / 255.0
+        maps = maps_from_column(t["map"])  # working size, or each video's own
+        heights, widths = t["source_height"].to_numpy(), t["source_width"].to_numpy()
         for key in shard["clips"]:
-            clip = decode_clip(records[key], preset.frames, preset.spectrogram, need_audio=False)
-            m = maps[vids == key]
+            rows = np.flatnonzero(vids == key)
+            size = (int(heights[rows[0]]) // 2 * 2, int(widths[rows[0]]) // 2 * 2)
+            frames_cfg = dataclasses.replace(preset.frames, height=size[0], width=size[1])
+            clip = decode_clip(records[key], frames_cfg, preset.spectrogram, need_audio=False)
             with av.open(os.path.join(folder, f"{key}.mp4"), "w") as c:
                 s = c.add_stream("libx264", rate=round(preset.frames.fps))
-                s.width, s.height, s.pix_fmt = clip.frames.shape[2], clip.frames.shape[1], "yuv420p"
-                for f, sal in zip(clip.frames, m, strict=False):
-                    for pkt in s.encode(
-                        av.VideoFrame.from_ndarray(
-                            overlay(
-                                f,
-                                F.interpolate(torch.from_numpy(sal)[None, None], size=f.shape[:2])[
-                                    0, 0
-                                ].numpy(),
-                            ),
-                            format="rgb24",
-                        )
-                    ):
+                s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+                for f, k in zip(clip.frames, rows, strict=False):
+                    blended = overlay(f, to_source(maps[k], size).astype(np.float32) / 255.0)
+                    for pkt in s.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
                         c.mux(pkt)
                 for pkt in s.encode():
                     c.mux(pkt)

@@ -94,6 +94,7 @@ def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None
     its pseudo-fixation map (SCAM+) blended in; None when nothing was labelled."""
     from factory.dataset import maps_from_column
     from factory.decode import decode_clip
+    from factory.geometry import to_working
     from factory.store import read_parquet
 
     manifest = storage.read_json(storage.join(root, "_manifest.json"))
@@ -107,7 +108,11 @@ def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None
     for key, file in picked:
         table = read_parquet(storage.join(root, file), ["video_id", "time_s", "tag", "map"])
         table = table.filter(table["video_id"].to_numpy(zero_copy_only=False) == key)
-        maps = maps_from_column(table["map"]).astype(np.float32) / 255.0
+        # maps at the video's own size (--map-size source) go back into the letterbox
+        size = (preset.frames.height, preset.frames.width)
+        maps = [
+            to_working(m, size).astype(np.float32) / 255.0 for m in maps_from_column(table["map"])
+        ]
         times = table["time_s"].to_numpy()
         clip = decode_clip(records[key], preset.frames, preset.spectrogram, need_audio=False)
         n = min(len(maps), len(clip.frames))

@@ -71,6 +71,13 @@ def read_parquet(
         return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
 
 
+def parquet_columns(uri: str) -> list[str]:
+    """The column names of a Parquet file (its footer only)."""
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.names
+
+
 def rejects_table(rejects: Sequence[Reject]) -> pa.Table:
     rows = [r.to_row() for r in rejects]
     return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA) if rows else REJECT_SCHEMA.empty_table()

@@ -26,6 +26,7 @@ from factory.config import Preset, from_dict
 from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder, resize_square
 from factory.equations import FUSIONS, minmax_normalize
+from factory.geometry import content_mask
 from factory.inputs import WindowSettings, graph_nodes
 from factory.losses import bce_kl, node_sum_loss
 from factory.metrics import cc
@@ -243,6 +244,11 @@ class StudentPredictor:
             for name, net in self.students.items()
         }
 
+        on_frame = torch.from_numpy(
+            content_mask(clip.source_size, tuple(clip.frames.shape[1:3]))
+        ).to(self.encoder.device)
+        # the letterbox bands are not the video (factory.geometry): zero there
+        maps = {k: v * on_frame for k, v in maps.items()}
         fused = fuse({k: minmax_normalize(v) for k, v in maps.items()}, self.fusion)
         return {"map": fused.cpu().numpy(), **{k: v.cpu().numpy() for k, v in maps.items()}}
 

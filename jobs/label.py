@@ -62,6 +62,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         "all-zero map) or average (the sources' mean); default: the bundle's",
     )
     p.add_argument(
+        "--map-size",
+        default="working",
+        choices=["working", "source"],
+        help="where the Parquet maps live: working (the working resolution, the video "
+        "letterboxed into it with its aspect kept; see README) or source (each video's own "
+        "frame size)",
+    )
+    p.add_argument(
         "--export-png",
         default=None,
         metavar="DIR",
@@ -128,6 +136,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         postprocess=a.postprocess,
         confidence=a.confidence,
         no_source=a.no_source,
+        map_size=a.map_size,
         export_png=a.export_png,
         actors=a.actors,
         batch_size=a.batch_size,

@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also write each student's own map (map_sta, map_sta_plus_short, map_sta_plus_long)",
     )
     p.add_argument(
+        "--map-size",
+        default="working",
+        choices=["working", "source"],
+        help="where the Parquet maps live: working (the working resolution, the video "
+        "letterboxed into it with its aspect kept; see README) or source (each video's own "
+        "frame size)",
+    )
+    p.add_argument(
         "--export-png",
         default=None,
         metavar="DIR",
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             device=a.device,
             dtype=a.dtype,
             all_maps=a.all_maps,
+            map_size=a.map_size,
             address=a.address,
         )
     )

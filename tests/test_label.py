@@ -478,14 +478,15 @@ def test_bundle_loading_says_what_is_missing(tiny_bundle, tmp_path):
 
 def test_png_export_at_the_source_size(tmp_path):
     """Maps stay at the working resolution in Parquet; PNGs come out at the video's own
-    frame size (here 90 x 160 from 8 x 8 maps), so dataset tools that expect
-    eyeMap_%05d.png at the frame's size read them as they are."""
+    frame size (here 90 x 160 from 8 x 8 maps, the video's rectangle rows 2-5 of the
+    letterbox), so dataset tools that expect eyeMap_%05d.png at the frame's size read
+    them as they are."""
     from factory.dataset import export_png, labels_table
     from factory.labeler import ClipLabels
 
     t = 2
     maps = np.zeros((t, 8, 8), np.float32)
-    maps[:, 2, 6] = 1.0  # top right
+    maps[:, 3, 6] = 1.0  # the picture's second row of four, right
     labels = ClipLabels(
         key="v",
         tags=["a"],
