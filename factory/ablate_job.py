@@ -322,7 +322,7 @@ def predict_heldout(
     from factory.inputs import WindowSettings
     from factory.students import StudentRun, student_map
 
-    settings = WindowSettings(preset.cgcn.nodes, preset.windows.short_radius, preset.windows.seed)
+    settings = WindowSettings.from_preset(preset)
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for key, (times, f) in feats.items():
         maps = {}

@@ -66,6 +66,11 @@ class WindowConfig:
     pool_clips: int = 4
     pool_groups: int = 2
     seed: int = 0
+    # The long term's frames: every frame of a clip up to this many, else this many
+    # spread evenly over the clip (a bounded per-clip pool for long videos; see
+    # factory.windows.long_pool_centres). 128 covers 16 s at 8 fps: AVE's 10 s clips
+    # draw from every frame, as the paper describes.
+    long_pool: int = 128
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ def preset(name: str) -> Preset:
             ),
             # 512-sample windows (the paper's), hop 320: a 257 x 51 spectrogram, cheap on CPU.
             spectrogram=SpectrogramConfig(n_fft=512, hop_length=320),
-            windows=WindowConfig(pool_clips=3, pool_groups=2),
+            windows=WindowConfig(pool_clips=3, pool_groups=2, long_pool=64),
             train=TrainConfig(
                 epochs=8,
                 batch_size=16,

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from factory.config import Preset
 from factory.pool import PoolEntries, cross_term
-from factory.windows import long_term, short_term, window_rng
+from factory.windows import long_pool_centres, long_term, short_term, window_rng
 from models.registry import InputSpec
 
 ClipFeatures = dict[str, torch.Tensor]
@@ -35,6 +36,27 @@ class WindowSettings:
     nodes: int = 2  # n
     short_radius: int = 4
     seed: int = 0
+    long_pool: int = 128  # see factory.config.WindowConfig
+
+    @staticmethod
+    def from_preset(preset: Preset) -> WindowSettings:
+        w = preset.windows
+        return WindowSettings(preset.cgcn.nodes, w.short_radius, w.seed, w.long_pool)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a clip's feature rows sit when they are a chunk of a longer clip
+    (:mod:`factory.chunks`): row 0 is frame ``offset`` of a clip of ``total`` frames, and
+    ``long`` is the clip's long-term pool, which a chunk cannot gather from its own rows:
+    ``centres`` (E,) the pool's frame indices (:func:`~factory.windows.long_pool_centres`)
+    and the features of their 3-frame groups, ``plus`` (E, 3, C, h, w), ``audio`` (E, D),
+    ``gate`` (E,). Without a span the rows are the whole clip."""
+
+    offset: int
+    total: int
+    centres: np.ndarray
+    long: dict[str, torch.Tensor]
 
 
 def _single(
@@ -72,27 +94,36 @@ def graph_nodes(
     settings: WindowSettings,
     pool: PoolEntries | None,
     epoch: int = 0,
+    span: Span | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """Node centres of target ``t`` for a ``+`` net: ``(clip_centres, pool_entries,
-    fell_back)``. ``clip_centres`` (1 + n,) are frame indices of the clip (node 0 = t);
-    for the cross term the n MG nodes are pool entries instead (``pool_entries``, or
-    ``None`` when the pool has no other clip of the tag)."""
+    """Node centres of target ``t`` (a row of the clip's features) for a ``+`` net:
+    ``(centres, pool_entries, fell_back)``. ``centres`` (1 + n,): node 0 is ``t``; the
+    short term's nodes are rows too; the long term's are frames of the whole clip, drawn
+    from its long-term pool (:func:`~factory.windows.long_pool_centres`; the same as rows
+    without a ``span``); for the cross term the n MG nodes are entries of the tag's pool
+    instead (``pool_entries``, or ``None`` when it has no other clip of the tag). Random
+    draws are seeded by the frame's index in the whole clip, so a chunk of a long clip
+    draws what the whole clip would."""
     groups = spec.frames == 3
     n = settings.nodes
+    frame = t + (span.offset if span else 0)
     if term == "short":
         return np.concatenate([[t], short_term(t, num_frames, n, groups)]), None, False
     if term == "long":
+        total = span.total if span else num_frames
+        candidates = span.centres if span else long_pool_centres(num_frames, settings.long_pool)
         centres, fell_back = long_term(
-            t,
-            num_frames,
+            frame,
+            total,
             n,
             groups,
-            window_rng(settings.seed, key, t, "long", epoch),
+            window_rng(settings.seed, key, frame, "long", epoch),
             settings.short_radius,
+            centres=candidates,
         )
         return np.concatenate([[t], centres]), None, fell_back
     if term == "cross":
-        entries = cross_term(pool, key, n, window_rng(settings.seed, key, t, "cross", epoch))
+        entries = cross_term(pool, key, n, window_rng(settings.seed, key, frame, "cross", epoch))
         return np.array([t]), entries, entries is None
     raise ValueError(f"unknown term {term!r}")
 
@@ -106,27 +137,36 @@ def _graph(
     settings: WindowSettings,
     pool: PoolEntries | None,
     epoch: int,
+    span: Span | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Inputs of S+ / ST+ / SA+ for ``targets`` and one term, and a (B,) validity mask
     (False where the cross term has no pool entry). Indices are worked out in NumPy and
-    gathered on the device in one indexing call per array."""
+    gathered on the device in one indexing call per array. The MG nodes of the cross
+    term come from the tag's pool, those of the long term of a chunk (``span``) from the
+    clip's long-term pool; the others from the clip's own rows."""
     plus = feats["plus"]
     device = plus.device
     num_frames = plus.shape[0]
     n = settings.nodes
     cross = term == "cross"
-    width = 1 if cross else 1 + n
+    from_table = cross or (term == "long" and span is not None)
+    width = 1 if from_table else 1 + n
     centres = np.zeros((len(targets), width), dtype=np.int64)
     entries = np.zeros((len(targets), n), dtype=np.int64)
     valid = np.ones(len(targets), dtype=bool)
     for i, t in enumerate(targets):
-        c, e, _fell_back = graph_nodes(spec, key, num_frames, int(t), term, settings, pool, epoch)
-        centres[i] = c
+        c, e, _fell_back = graph_nodes(
+            spec, key, num_frames, int(t), term, settings, pool, epoch, span
+        )
+        centres[i] = c[:width]
         if cross:
             if e is None:
                 valid[i] = False
             else:
                 entries[i] = e
+        elif from_table:  # the long term of a chunk: positions in the clip's long pool
+            assert span is not None
+            entries[i] = np.searchsorted(span.centres, c[1:])
     offsets = np.array([-1, 0, 1]) if spec.frames == 3 else np.array([0])
     frame_idx = torch.as_tensor(
         np.clip(centres[..., None] + offsets, 0, num_frames - 1), device=device
@@ -135,13 +175,18 @@ def _graph(
     image = plus[frame_idx]  # (B, width, F, C, h, w)
     audio = feats["audio"][centre_idx]
     gate = feats["gate"][centre_idx]
-    if cross:
-        if pool is not None and len(pool):
+    if from_table:
+        if cross:
+            table = pool.arrays if pool is not None and len(pool) else None
+        else:
+            assert span is not None
+            table = span.long
+        if table is not None:
             e = torch.as_tensor(entries, device=device)
-            pool_plus = torch.as_tensor(pool.arrays["plus"], device=device, dtype=plus.dtype)
-            mg_img = pool_plus[e] if spec.frames == 3 else pool_plus[e][:, :, 1:2]
-            mg_audio = torch.as_tensor(pool.arrays["audio"], device=device, dtype=plus.dtype)[e]
-            mg_gate = torch.as_tensor(pool.arrays["gate"], device=device, dtype=plus.dtype)[e]
+            mg_plus = torch.as_tensor(table["plus"], device=device, dtype=plus.dtype)[e]
+            mg_img = mg_plus if spec.frames == 3 else mg_plus[:, :, 1:2]
+            mg_audio = torch.as_tensor(table["audio"], device=device, dtype=plus.dtype)[e]
+            mg_gate = torch.as_tensor(table["gate"], device=device, dtype=plus.dtype)[e]
         else:  # no pool at all: placeholders, masked out by ``valid``
             mg_img = image.expand(-1, n, *image.shape[2:])
             mg_audio = audio.expand(-1, n, -1)
@@ -167,15 +212,16 @@ def gather_inputs(
     settings: WindowSettings = WindowSettings(),
     pool: PoolEntries | None = None,
     epoch: int = 0,
+    span: Span | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """A net's inputs for ``targets`` of one clip, and a (B,) mask of valid samples.
 
     ``stage`` picks coarse (full frames) or fine (crops) features for S / ST / SA;
-    ``term`` is required for ``+`` nets.
+    ``term`` is required for ``+`` nets; ``span``: the rows are a chunk of a longer clip.
     """
     if spec.graph:
         if term is None:
             raise ValueError("a + net needs a term (short, long or cross)")
-        return _graph(spec, feats, targets, term, key, settings, pool, epoch)
+        return _graph(spec, feats, targets, term, key, settings, pool, epoch, span)
     inputs = _single(spec, feats, stage, targets)
     return inputs, torch.ones(len(targets), dtype=torch.bool, device=feats["gate"].device)

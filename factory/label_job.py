@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from factory import storage
 from factory.bundle import Bundle, load_bundle
+from factory.chunks import label_in_chunks
 from factory.config import Preset
 from factory.corpus import ClipRecord, Listing, read_corpus
 from factory.decode import DecodedClip
@@ -133,18 +134,26 @@ class LabelActor(ModelStage):
         self.reject_silent = reject_silent
         self.map_size = map_size
 
-    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+    def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
         from factory.dataset import labels_table, table_to_bytes
 
-        if not clip.has_audio and self.reject_silent:
+        tags = list(record.tags)
+        if clip is not None:
+            self.check_audio(clip.has_audio)
+            labels = self.labeler.label(clip, tags)
+        else:  # longer than max_frames: chunk by chunk (factory.chunks)
+            labels = label_in_chunks(self.labeler, record, tags)
+            self.check_audio(labels.has_audio)
+        table = labels_table(labels, storage.redact(record.uri), self.ablation, self.map_size)
+        return table_to_bytes(table), {**labels.counters, "has_audio": labels.has_audio}
+
+    def check_audio(self, has_audio: bool) -> None:
+        if not has_audio and self.reject_silent:
             raise ClipError(
                 "label",
                 "no audio stream",
                 "the run asks to reject clips without audio (--reject-silent); drop the flag to label it with S, ST, S+ and ST+",
             )
-        labels = self.labeler.label(clip, list(record.tags))
-        table = labels_table(labels, storage.redact(record.uri), self.ablation, self.map_size)
-        return table_to_bytes(table), {**labels.counters, "has_audio": clip.has_audio}
 
     def prepare(self, clips: list[DecodedClip]) -> None:
         self.labeler.prepare(clips)  # fuller encoder batches (on a GPU above all)
@@ -154,18 +163,16 @@ class LabelActor(ModelStage):
 
 
 def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
+    """A pool clip's groups (only they are decoded: a clip of any length), or None."""
     from factory.config import from_dict
-    from factory.decode import decode_clip
-    from factory.prepare import decoded_pool_entries
+    from factory.prepare import record_pool_entries
 
     preset = from_dict(json.loads(preset_json))
     try:
-        clip = decode_clip(
-            ClipRecord.from_row(json.loads(record_json)), preset.frames, preset.spectrogram
-        )
+        record = ClipRecord.from_row(json.loads(record_json))
+        return record_pool_entries(record, preset.windows.pool_groups, preset)
     except ClipError:
         return None
-    return decoded_pool_entries(clip, preset.windows.pool_groups, preset)
 
 
 def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any]:
@@ -267,6 +274,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             batch_size=opts.batch_size,
             actor_cpus=opts.actor_cpus,
             decode_cpus=opts.decode_cpus,
+            chunked=True,
         )
         ds = ds.map_batches(
             write_batch,

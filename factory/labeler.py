@@ -23,6 +23,7 @@ the per-pixel maximum (:func:`combine_tags`), so every tagged object stays salie
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from factory.bundle import Bundle
 from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder, normalize_frames, resize_square
 from factory.geometry import content_mask
-from factory.inputs import ClipFeatures, WindowSettings, gather_inputs
+from factory.inputs import ClipFeatures, Span, WindowSettings, gather_inputs
 from factory.pool import PoolEntries, PoolSource
 from factory.postprocess import POSTPROCESS
 from models.registry import NETS, PLUS_PAIRS, plus_net, split_term
@@ -105,6 +106,42 @@ class ClipLabels:
     source_size: tuple[int, int] = (0, 0)  # (H, W) of the video's own frames
     audio_stream: int | None = None  # the file's stream the audio came from (None: no audio)
 
+    def frames(self, rows: slice) -> ClipLabels:
+        """The labels of some of the frames (a chunk's own frames)."""
+        return dataclasses.replace(
+            self,
+            times=self.times[rows],
+            maps=self.maps[rows],
+            boxes=self.boxes[rows],
+            box_fallback=self.box_fallback[rows],
+            confidences={k: v[rows] for k, v in self.confidences.items()},
+            gate=self.gate[rows],
+            ablation={k: v[rows] for k, v in self.ablation.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[ClipLabels]) -> ClipLabels:
+        """One clip's labels from its chunks' (in order); counters summed."""
+        first = parts[0]
+        counters: dict[str, int] = {}
+        for p in parts:
+            for k, v in p.counters.items():
+                counters[k] = counters.get(k, 0) + v
+        return dataclasses.replace(
+            first,
+            times=np.concatenate([p.times for p in parts]),
+            maps=np.concatenate([p.maps for p in parts]),
+            boxes=np.concatenate([p.boxes for p in parts]),
+            box_fallback=np.concatenate([p.box_fallback for p in parts]),
+            confidences={
+                k: np.concatenate([p.confidences[k] for p in parts]) for k in first.confidences
+            },
+            gate=np.concatenate([p.gate for p in parts]),
+            ablation={k: np.concatenate([p.ablation[k] for p in parts]) for k in first.ablation},
+            counters=counters,
+            has_audio=any(p.has_audio for p in parts),
+        )
+
 
 class Labeler:
     """``Labeler(bundle, pool).label(clip, tags)`` -> :class:`ClipLabels`."""
@@ -141,9 +178,7 @@ class Labeler:
         )
         self.device = self.encoder.device
         self.frame_chunk = self.encoder.chunk
-        self.settings = WindowSettings(
-            bundle.cgcn.nodes, bundle.preset.windows.short_radius, bundle.preset.windows.seed
-        )
+        self.settings = WindowSettings.from_preset(bundle.preset)
         self.frames_cfg = bundle.preset.frames
         for net in bundle.nets.values():
             net.to(self.device).eval()
@@ -192,18 +227,31 @@ class Labeler:
         if raw is None or len(raw) == 0:
             self._pool_features[tag] = PoolEntries([], {})
             return self._pool_features[tag]
-        groups = torch.from_numpy(np.array(raw.arrays["frames"])).to(self.device)  # (E, 3, H, W, 3)
+        feats = self.group_features(
+            np.array(raw.arrays["frames"]), raw.arrays["audio"], np.array(raw.arrays["has_audio"])
+        )
+        entries = PoolEntries(list(raw.keys), feats)
+        self._pool_features[tag] = entries
+        return entries
+
+    @torch.inference_mode()
+    def group_features(
+        self, frames: np.ndarray, audio: np.ndarray, has_audio: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """What a + net reads of 3-frame groups (a tag's pool, a long clip's long-term
+        pool): ``frames`` (E, 3, H, W, 3) uint8 at the working size, ``audio`` (E, samples)
+        the centre's window, ``has_audio`` (E,) -> ``plus`` (E, 3, C, h, w), ``audio`` (E,
+        D), ``gate`` (E,) (the audio switch on the centre frame)."""
+        groups = torch.from_numpy(frames).to(self.device)
         e = groups.shape[0]
         images = resize_square(normalize_frames(groups.flatten(0, 1)), self.frames_cfg.coarse_size)
         enc = self.encoder.images(images, plus=True, kind="pool")
         plus = enc["plus"].reshape(e, 3, *enc["plus"].shape[1:])
         f5_centre = enc["F5"].reshape(e, 3, *enc["F5"].shape[1:])[:, 1]
-        has_audio = torch.from_numpy(np.array(raw.arrays["has_audio"])).to(self.device).bool()
-        audio = self.encoder.audio(raw.arrays["audio"]) * has_audio[:, None]
-        gate = self._switch(f5_centre, audio) * has_audio
-        entries = PoolEntries(list(raw.keys), {"plus": plus, "audio": audio, "gate": gate})
-        self._pool_features[tag] = entries
-        return entries
+        sound = torch.from_numpy(np.asarray(has_audio)).to(self.device).bool()
+        vectors = self.encoder.audio(audio) * sound[:, None]
+        gate = self._switch(f5_centre, vectors) * sound
+        return {"plus": plus, "audio": vectors, "gate": gate}
 
     # ------------------------------------------------------------------ nets
 
@@ -241,12 +289,21 @@ class Labeler:
         stage: str = "coarse",
         term: str | None = None,
         pool: PoolEntries | None = None,
+        span: Span | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class maps, confidences, valid mask) of a bundle net over every frame."""
         spec = NETS[split_term(name.removesuffix("_fine"))[0]].spec
         targets = np.arange(feats["gate"].shape[0])
         inputs, valid = gather_inputs(
-            spec, feats, targets, stage=stage, term=term, key=key, settings=self.settings, pool=pool
+            spec,
+            feats,
+            targets,
+            stage=stage,
+            term=term,
+            key=key,
+            settings=self.settings,
+            pool=pool,
+            span=span,
         )
         maps, conf = self._run(name, inputs)
         return maps, conf, valid
@@ -305,7 +362,16 @@ class Labeler:
     # ------------------------------------------------------------------ labelling
 
     @torch.inference_mode()
-    def label(self, clip: DecodedClip, tags: Sequence[str]) -> ClipLabels:
+    def label(
+        self,
+        clip: DecodedClip,
+        tags: Sequence[str],
+        span: Span | None = None,
+        own: slice = slice(None),
+    ) -> ClipLabels:
+        """SCAM+ for every frame of ``clip`` and each of its ``tags``. A chunk of a longer
+        clip (:mod:`factory.chunks`) comes with its ``span`` and the rows it ``own``s
+        (the others are context on either side); only those are returned and counted."""
         if not tags:
             raise ValueError(f"clip {clip.key!r}: no tags to label with")
         feats, frames = self.encode_clip(clip)
@@ -327,7 +393,7 @@ class Labeler:
                 feats, clip.key, has_audio, i, size, coarse_cache, others
             )
             boxes, fell_back = eq.coarse_box(scam_coarse)
-            counters["box_fallbacks"] += int(fell_back.sum())
+            counters["box_fallbacks"] += int(fell_back[own].sum())
             fine = {**feats, **self.fine_features(frames, boxes)}
             no_conf = torch.zeros_like(confs_c[:, 0])
             cams_f, confs_f = [], []
@@ -355,9 +421,10 @@ class Labeler:
                         clip.key,
                         term=term,
                         pool=pool,
+                        span=span,
                     )
                     if term == "cross":
-                        counters["cross_missing"] += int((~valid).sum())
+                        counters["cross_missing"] += int((~valid)[own].sum())
                     plus_cache[cache_key] = (maps, conf * valid[:, None])
                 maps, conf = plus_cache[cache_key]
                 cams_p.append(eq.class_activation_map(maps, idx))
@@ -377,7 +444,7 @@ class Labeler:
             per_tag_conf.append(selected)
             boxes_all.append(boxes)
             fallback_all.append(fell_back)
-            counters["frames_without_source"] += int((selected.sum(1) == 0).sum())
+            counters["frames_without_source"] += int((selected.sum(1) == 0)[own].sum())
             if self.ablation:
                 n_src = 3 if has_audio else 2  # SA takes no part without audio
                 n_pairs = len(PLUS_PAIRS) if has_audio else len(PLUS_PAIRS) - 2
@@ -429,7 +496,7 @@ class Labeler:
                 k: self._finish(combine_tags(torch.stack(v, 1), weights), on_frame)
                 for k, v in ablation.items()
             }
-        return result
+        return result.frames(own)
 
     def _finish(self, maps: torch.Tensor, on_frame: torch.Tensor) -> np.ndarray:
         """A clip's maps of one variant (T, H, W) as float32: zero on the letterbox bands

@@ -24,7 +24,7 @@ import numpy as np
 from factory import storage
 from factory.config import FrameConfig, SpectrogramConfig
 from factory.corpus import ClipRecord
-from factory.decode import DecodedClip, decode_clip
+from factory.decode import ClipTooLong, DecodedClip, decode_clip
 from factory.rejects import ClipError, Reject
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,21 @@ def decode_row(
     frames_cfg: FrameConfig,
     spec_cfg: SpectrogramConfig,
     need_audio: bool = True,
+    chunked: bool = False,
 ) -> dict[str, Any]:
-    """Decode one clip row into a payload, or a reject row."""
+    """Decode one clip row into a payload, or a reject row. ``chunked``: a clip longer
+    than ``max_frames`` passes on undecoded (an empty payload) for the model stage to
+    take in chunks (:mod:`factory.chunks`), instead of being rejected."""
     record = ClipRecord.from_row(json.loads(row["record"]))
     out = empty_row(row["key"], row["record"])
     try:
         clip = decode_clip(record, frames_cfg, spec_cfg, need_audio)
         out.update(payload=serialize_clip(clip), n_frames=len(clip.times))
+    except ClipTooLong as err:
+        if chunked:
+            out.update(n_frames=err.frames, info=json.dumps({"chunked": True}))
+        else:
+            out = reject_row(out, err)
     except ClipError as err:
         out = reject_row(out, err)
     except Exception as err:  # an unforeseen failure is still one clip's reject, not the job's end
@@ -156,14 +164,17 @@ def decode_row(
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], preset_json: str, need_audio: bool = True
+    batch: dict[str, np.ndarray], preset_json: str, need_audio: bool = True, chunked: bool = False
 ) -> dict[str, np.ndarray]:
     """Ray Data function (CPU tasks): clip rows in, decoded payloads or rejects out."""
     from factory.config import from_dict
 
     preset = from_dict(json.loads(preset_json))
     return to_batch(
-        [decode_row(r, preset.frames, preset.spectrogram, need_audio) for r in from_batch(batch)]
+        [
+            decode_row(r, preset.frames, preset.spectrogram, need_audio, chunked)
+            for r in from_batch(batch)
+        ]
     )
 
 
@@ -187,17 +198,23 @@ def decoded_through_actors(
     batch_size: int = 1,
     actor_cpus: float = 1.0,
     decode_cpus: float = 0.5,
+    chunked: bool = False,
 ) -> Any:
     """The first two stages of every job that runs a model over clips (label, predict, the
     train and distil caches): one row per clip, decoded by CPU tasks, then an actor pool
-    of ``actor(**actor_kwargs)``. Returns the lazy Ray dataset; the caller adds its writer."""
+    of ``actor(**actor_kwargs)``. Returns the lazy Ray dataset; the caller adds its writer.
+    ``chunked``: clips longer than ``max_frames`` reach the actor undecoded, to be taken
+    in chunks there (the label and predict stages), instead of being rejected."""
     import ray
     from ray.data import ActorPoolStrategy
 
     rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in records]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.map_batches(
-        decode_batch, batch_size=1, num_cpus=decode_cpus, fn_kwargs={"preset_json": preset_json}
+        decode_batch,
+        batch_size=1,
+        num_cpus=decode_cpus,
+        fn_kwargs={"preset_json": preset_json, "chunked": chunked},
     )
     return ds.map_batches(
         actor,
@@ -216,14 +233,15 @@ def model_row(
     stage: str = "label",
 ) -> dict[str, Any]:
     """Run a model stage on one decoded row: ``process`` returns (payload, info).
-    ``clip``: the row's payload already deserialised; ``stage``: what a reject from an
+    ``clip``: the row's payload already deserialised (None with an empty payload: a long
+    clip the stage decodes in chunks itself); ``stage``: what a reject from an
     unforeseen error names."""
     if row["status"] != OK:
         return row
     record = ClipRecord.from_row(json.loads(row["record"]))
     t0 = time.perf_counter()
     try:
-        if clip is None:
+        if clip is None and row["payload"]:
             clip = deserialize_clip(row["key"], row["payload"])
         payload, info = process(clip, record)
         info["seconds"] = time.perf_counter() - t0
@@ -251,9 +269,11 @@ class ModelStage:
 
     stage = "label"
 
-    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
+    def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
         """One decoded clip -> (payload, info): what the writer commits and a JSON-able
-        summary. Raise :class:`ClipError` to reject the clip with a reason."""
+        summary. Raise :class:`ClipError` to reject the clip with a reason. ``clip`` is
+        None only in a stage built with ``chunked=True``: a clip longer than
+        ``max_frames``, to decode in chunks (:mod:`factory.chunks`)."""
         raise NotImplementedError
 
     def prepare(self, clips: list[DecodedClip]) -> None:
@@ -264,7 +284,7 @@ class ModelStage:
         rows = from_batch(batch)
         clips: dict[str, DecodedClip] = {}
         for r in rows:
-            if r["status"] == OK:
+            if r["status"] == OK and r["payload"]:  # (empty: a long clip, taken in chunks)
                 with contextlib.suppress(Exception):  # a bad payload is rejected by model_row
                     clips[r["key"]] = deserialize_clip(r["key"], r["payload"])
         if clips:

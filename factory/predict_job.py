@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from factory import storage
+from factory.chunks import predict_in_chunks
 from factory.config import Preset
 from factory.corpus import VIDEO_EXTENSIONS, ClipRecord, Listing, read_corpus
 from factory.dataset import map_array, map_type, maps_from_column, source_columns, table_to_bytes
@@ -160,13 +161,15 @@ class PredictActor(ModelStage):
         self.all_maps = all_maps
         self.map_size = map_size
 
-    def process(self, clip: DecodedClip, record: ClipRecord) -> tuple[bytes, dict]:
-
-        maps = self.predictor.predict(clip)
+    def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
+        if clip is not None:
+            maps, times = self.predictor.predict(clip), clip.times
+        else:  # longer than max_frames: chunk by chunk (factory.chunks)
+            maps, clip, times = predict_in_chunks(self.predictor, record)
         return table_to_bytes(
             predictions_table(
-                clip.key,
-                clip.times,
+                record.key,
+                times,
                 maps,
                 storage.redact(record.uri),
                 self.all_maps,
@@ -204,6 +207,7 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
             },
             opts.actors or default_actors(gpus),
             gpus,
+            chunked=True,
         )
         ds = ds.map_batches(write_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out})
         frames, _, _ = consume(ds, len(todo))
@@ -250,13 +254,18 @@ def write_overlays(root: str, manifest: dict, listing: Any, preset: Preset, fold
             rows = np.flatnonzero(vids == key)
             size = (int(heights[rows[0]]) // 2 * 2, int(widths[rows[0]]) // 2 * 2)
             frames_cfg = dataclasses.replace(preset.frames, height=size[0], width=size[1])
-            clip = decode_clip(records[key], frames_cfg, preset.spectrogram, need_audio=False)
+            step = frames_cfg.max_frames  # a long clip: a chunk of frames at a time
             with av.open(os.path.join(folder, f"{key}.mp4"), "w") as c:
                 s = c.add_stream("libx264", rate=round(preset.frames.fps))
                 s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
-                for f, k in zip(clip.frames, rows, strict=False):
-                    blended = overlay(f, to_source(maps[k], size).astype(np.float32) / 255.0)
-                    for pkt in s.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
-                        c.mux(pkt)
+                for start in range(0, len(rows), step):
+                    part = (start, min(len(rows), start + step))
+                    clip = decode_clip(
+                        records[key], frames_cfg, preset.spectrogram, need_audio=False, frames=part
+                    )
+                    for f, k in zip(clip.frames, rows[part[0] : part[1]], strict=False):
+                        heat = to_source(maps[k], size).astype(np.float32) / 255.0
+                        for pkt in s.encode(av.VideoFrame.from_ndarray(overlay(f, heat), "rgb24")):
+                            c.mux(pkt)
                 for pkt in s.encode():
                     c.mux(pkt)

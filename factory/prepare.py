@@ -17,7 +17,8 @@ import torch
 
 from factory.audio import frame_windows
 from factory.config import Preset
-from factory.decode import DecodedClip
+from factory.corpus import ClipRecord
+from factory.decode import DecodedClip, decode_groups, frame_count
 from factory.encoding import FrameEncoder
 from factory.inputs import ClipFeatures
 from factory.pool import PoolEntries, PoolSketch, group_centres
@@ -86,6 +87,19 @@ def decoded_pool_entries(clip: DecodedClip, groups: int, preset: Preset) -> Pool
             "audio": audio,
             "has_audio": np.full(len(centres), clip.has_audio),
         },
+    )
+
+
+def record_pool_entries(record: ClipRecord, groups: int, preset: Preset) -> PoolEntries:
+    """:func:`decoded_pool_entries` of a clip decoded group by group: only its
+    ``groups`` 3-frame groups and their sound windows (any length of clip; the same
+    entries as from the whole decoded clip)."""
+    n = frame_count(record, preset.frames)
+    centres = group_centres(n, groups)
+    frames, audio, has_audio = decode_groups(record, preset.frames, preset.spectrogram, centres)
+    return PoolEntries(
+        [record.key] * len(centres),
+        {"frames": frames, "audio": audio, "has_audio": np.full(len(centres), has_audio)},
     )
 
 

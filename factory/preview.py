@@ -93,7 +93,7 @@ def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None
     """The preview's figure: a few clips (rows) at a few times (columns), each frame with
     its pseudo-fixation map (SCAM+) blended in; None when nothing was labelled."""
     from factory.dataset import maps_from_column
-    from factory.decode import decode_clip
+    from factory.decode import decode_groups
     from factory.geometry import to_working
     from factory.store import read_parquet
 
@@ -106,7 +106,9 @@ def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None
                 picked.append((key, shard["file"]))
     rows, labels = [], []
     for key, file in picked:
-        table = read_parquet(storage.join(root, file), ["video_id", "time_s", "tag", "map"])
+        table = read_parquet(
+            storage.join(root, file), ["video_id", "frame_index", "time_s", "tag", "map"]
+        )
         table = table.filter(table["video_id"].to_numpy(zero_copy_only=False) == key)
         # maps at the video's own size (--map-size source) go back into the letterbox
         size = (preset.frames.height, preset.frames.width)
@@ -114,11 +116,18 @@ def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None
             to_working(m, size).astype(np.float32) / 255.0 for m in maps_from_column(table["map"])
         ]
         times = table["time_s"].to_numpy()
-        clip = decode_clip(records[key], preset.frames, preset.spectrogram, need_audio=False)
-        n = min(len(maps), len(clip.frames))
+        n = len(maps)
         picks = np.linspace(0, n - 1, min(PREVIEW_FRAMES, n)).round().astype(int)
+        # only the picked frames are decoded (a long clip is never decoded whole)
+        index = table["frame_index"].to_numpy()[picks]
+        groups, _audio, _ = decode_groups(
+            records[key], preset.frames, preset.spectrogram, index, need_audio=False
+        )
         rows.append(
-            [(overlay(clip.frames[i], maps[i]), f"{key}  t = {times[i]:.2f} s") for i in picks]
+            [
+                (overlay(groups[k, 1], maps[i]), f"{key}  t = {times[i]:.2f} s")
+                for k, i in enumerate(picks)
+            ]
         )
         labels.append(f"{key}\ntag: {', '.join(records[key].tags)}")
     if not rows:

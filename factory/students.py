@@ -27,7 +27,7 @@ from factory.decode import DecodedClip
 from factory.encoding import FrameEncoder, resize_square
 from factory.equations import FUSIONS, minmax_normalize
 from factory.geometry import content_mask
-from factory.inputs import WindowSettings, graph_nodes
+from factory.inputs import Span, WindowSettings, graph_nodes
 from factory.losses import bce_kl, node_sum_loss
 from factory.metrics import cc
 from factory.weights import build_encoders
@@ -127,9 +127,11 @@ def student_inputs(
     key: str,
     settings: WindowSettings,
     epoch: int = 0,
+    span: Span | None = None,
 ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Inputs of a student for ``targets`` and the frame index whose map each output
-    predicts: (B,) for STA, (B, 1 + n) node centres for STA+."""
+    predicts: (B,) for STA, (B, 1 + n) node centres for STA+ (the long term of a chunk:
+    its MG nodes from the clip's long-term pool, ``span``)."""
     t_count = int(feats["gate"].shape[0])
     dev = feats["gate"].device
     if name == "STA":
@@ -146,17 +148,27 @@ def student_inputs(
         }, targets
     centres = np.stack(
         [
-            graph_nodes(STUDENT_SPEC, key, t_count, int(t), TERM[name], settings, None, epoch)[0]
+            graph_nodes(
+                STUDENT_SPEC, key, t_count, int(t), TERM[name], settings, None, epoch, span
+            )[0]
             for t in targets
         ]
     )
-    frames = torch.as_tensor(clamp(centres[..., None] + np.array([-1, 0, 1]), t_count), device=dev)
-    c = torch.as_tensor(centres, device=dev)
-    return {
-        "image": feats["plus"][frames],
-        "audio": feats["audio"][c],
-        "gate": feats["gate"][c],
-    }, centres
+    pooled = TERM[name] == "long" and span is not None
+    rows = centres[:, :1] if pooled else centres  # the long pool's MG nodes: below
+    frames = torch.as_tensor(clamp(rows[..., None] + np.array([-1, 0, 1]), t_count), device=dev)
+    c = torch.as_tensor(rows, device=dev)
+    inputs = {"image": feats["plus"][frames], "audio": feats["audio"][c], "gate": feats["gate"][c]}
+    if pooled:
+        assert span is not None
+        e = torch.as_tensor(np.searchsorted(span.centres, centres[:, 1:]), device=dev)
+        for k, v in (
+            ("image", span.long["plus"]),
+            ("audio", span.long["audio"]),
+            ("gate", span.long["gate"]),
+        ):
+            inputs[k] = torch.cat([inputs[k], v.to(dev)[e]], dim=1)
+    return inputs, centres
 
 
 @dataclass
@@ -175,9 +187,7 @@ class StudentTask:
 
     @property
     def settings(self) -> WindowSettings:
-        return WindowSettings(
-            self.preset.cgcn.nodes, self.preset.windows.short_radius, self.preset.windows.seed
-        )
+        return WindowSettings.from_preset(self.preset)
 
     def examples(
         self, clip: Any, epoch: int, targets: np.ndarray
@@ -232,15 +242,42 @@ class StudentPredictor:
         self.encoder = FrameEncoder(encoders, preset, device, dtype)
         self.students = {k: v.to(self.encoder.device).eval() for k, v in students.items()}
         self.switch = switch.to(self.encoder.device).eval()
-        self.settings = WindowSettings(
-            preset.cgcn.nodes, preset.windows.short_radius, preset.windows.seed
-        )
+        self.settings = WindowSettings.from_preset(preset)
 
     @torch.inference_mode()
-    def predict(self, clip: DecodedClip) -> dict[str, np.ndarray]:
+    def group_features(
+        self, frames: np.ndarray, audio: np.ndarray, has_audio: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """STA+'s inputs of 3-frame groups (a long clip's long-term pool): ``frames`` (E,
+        3, H, W, 3) uint8, ``audio`` (E, samples), ``has_audio`` (E,) -> ``plus`` (E, 3,
+        C, h, w) at the fine size, ``audio`` (E, D), ``gate`` (E,), as
+        :func:`student_features` computes them for a clip's frames."""
+        e, _, h, w, _ = frames.shape
+        images = resize_square(
+            self.encoder.frames(frames.reshape(e * 3, h, w, 3)), self.preset.frames.fine_size
+        )
+        img = self.encoder.images(images, plus=True, kind="fine")
+        sound = torch.from_numpy(np.asarray(has_audio)).to(self.encoder.device).float()
+        vectors = self.encoder.audio(audio) * sound[:, None]
+        f5 = img["F5"].reshape(e, 3, *img["F5"].shape[1:])[:, 1]
+        logits = self.switch({"image": f5[:, None], "audio": vectors})[:, 0]
+        return {
+            "plus": img["plus"].reshape(e, 3, *img["plus"].shape[1:]),
+            "audio": vectors,
+            "gate": (logits.float() > 0).float() * sound,
+        }
+
+    @torch.inference_mode()
+    def predict(
+        self, clip: DecodedClip, span: Span | None = None, own: slice = slice(None)
+    ) -> dict[str, np.ndarray]:
+        """Each student's maps and their fusion for every frame of ``clip`` (a chunk of a
+        longer clip: its ``span`` and the rows it ``own``s, the only ones returned)."""
         feats = student_features(self.encoder, self.switch, clip)
         maps = {
-            name: student_map(name, net, feats, clip.key, self.settings, self.encoder, self.preset)
+            name: student_map(
+                name, net, feats, clip.key, self.settings, self.encoder, self.preset, span
+            )[own]
             for name, net in self.students.items()
         }
 
@@ -262,16 +299,17 @@ def student_map(
     settings: WindowSettings,
     encoder: Any,
     preset: Preset,
+    span: Span | None = None,
 ) -> torch.Tensor:
     """One student's maps (T, H, W) in [0, 1] for every frame of a clip's features (for
-    STA+, the target node's read-out)."""
+    STA+, the target node's read-out); ``span``: the features are a chunk's."""
     t = int(feats["gate"].shape[0])
     size = (preset.frames.height, preset.frames.width)
     targets = np.arange(t)
     outs = []
     for start in range(0, t, encoder.chunk):
         part = targets[start : start + encoder.chunk]
-        inputs, _ = student_inputs(name, feats, part, key, settings)
+        inputs, _ = student_inputs(name, feats, part, key, settings, span=span)
         with encoder.autocast():
             o = torch.sigmoid(net(inputs, size=size).float())
         outs.append(o if name == "STA" else o[:, 0])

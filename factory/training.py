@@ -85,8 +85,7 @@ class NetTask:
 
     @property
     def settings(self) -> WindowSettings:
-        w = self.preset.windows
-        return WindowSettings(self.preset.cgcn.nodes, w.short_radius, w.seed)
+        return WindowSettings.from_preset(self.preset)
 
     def examples(
         self, clip: TrainingClip, epoch: int, targets: np.ndarray

@@ -25,6 +25,8 @@ import hashlib
 
 import numpy as np
 
+from factory.postprocess import SMOOTH_FRAMES
+
 TERM_CODES = {"short": 1, "long": 2, "cross": 3, "targets": 4}
 
 
@@ -56,6 +58,17 @@ def short_term(t: int, num_frames: int, nodes: int, groups: bool) -> np.ndarray:
     return clamp([t + o for o in offsets], num_frames)
 
 
+def long_pool_centres(num_frames: int, size: int) -> np.ndarray:
+    """The frames of a clip the long term draws from: every frame of a clip of up to
+    ``size`` frames, else ``size`` frames spread evenly over the whole clip (the
+    long-term pool of a long clip: its features stay bounded by ``size`` groups
+    whatever the clip's length, and every part of the clip can be drawn, as the paper's
+    "2 frames of the same clip" asks)."""
+    if num_frames <= size:
+        return np.arange(num_frames)
+    return np.unique(np.round(np.linspace(0, num_frames - 1, size)).astype(np.int64))
+
+
 def long_term(
     t: int,
     num_frames: int,
@@ -63,12 +76,15 @@ def long_term(
     groups: bool,
     rng: np.random.Generator,
     short_radius: int = 4,
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``nodes`` random centres of the same clip outside the short-term span (a group's
-    three frames all outside t-4..t+4). Returns (centres, fell_back): when the clip is
-    too short for that, the farthest frames stand in and ``fell_back`` is True."""
+    three frames all outside t-4..t+4), drawn from ``centres`` (default: every frame; see
+    :func:`long_pool_centres`). Returns (centres, fell_back): when the clip is too short
+    for that, the farthest frames stand in and ``fell_back`` is True."""
+    frames = np.arange(num_frames) if centres is None else np.asarray(centres, dtype=np.int64)
     margin = short_radius + (2 if groups else 1)
-    candidates = np.flatnonzero(np.abs(np.arange(num_frames) - t) >= margin)
+    candidates = frames[np.abs(frames - t) >= margin]
     if groups:  # keep whole groups inside the clip
         candidates = (
             candidates[(candidates >= 1) & (candidates <= num_frames - 2)]
@@ -76,10 +92,20 @@ def long_term(
             else candidates
         )
     if len(candidates) == 0:
-        order = np.argsort(-np.abs(np.arange(num_frames) - t), kind="stable")
-        return clamp(order[np.arange(nodes) % num_frames], num_frames), True
+        order = np.argsort(-np.abs(frames - t), kind="stable")
+        return clamp(frames[order[np.arange(nodes) % len(frames)]], num_frames), True
     replace = len(candidates) < nodes
     return np.sort(rng.choice(candidates, size=nodes, replace=replace)), replace
+
+
+def halo(nodes: int, short_radius: int = 4) -> int:
+    """How many frames on each side a frame's pseudo-fixation depends on within its clip:
+    the short-term nodes' 3-frame groups (centres at 3, 6, ... frames, so t-4..t+4 for
+    n = 2), at least ``short_radius``, plus the authors' post-processing's 2 frames of
+    temporal smoothing on each side. A chunk of a long clip is labelled with this many
+    extra frames on each side, so its maps equal those of the whole clip."""
+    short = max(short_radius, 3 * ((nodes + 1) // 2) + 1)
+    return short + SMOOTH_FRAMES // 2
 
 
 def target_frames(key: str, num_frames: int, count: int, seed: int, epoch: int) -> np.ndarray:
