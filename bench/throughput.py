@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -46,7 +47,7 @@ import torch
 
 from factory import equations as eq
 from factory.audio import frame_windows
-from factory.bundle import LABELER_NETS, Bundle, build_nets
+from factory.bundle import Bundle, build_nets, labeler_nets
 from factory.config import Preset
 from factory.config import preset as get_preset
 from factory.corpus import read_corpus
@@ -73,7 +74,7 @@ def random_bundle(preset: Preset, vocabulary: list[str]) -> Bundle:
         preset,
         vocabulary,
         Encoders.from_config(enc),
-        build_nets(preset, len(vocabulary), LABELER_NETS),
+        build_nets(preset, len(vocabulary), labeler_nets(preset)),
     )
 
 
@@ -318,6 +319,12 @@ def machine(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    p.add_argument(
+        "--plus-weights",
+        default=None,
+        choices=("pair", "type"),
+        help="the + nets: 8, one per pair (the default), or 3 shared by their terms",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"
@@ -339,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, args.cpus))
 
     preset = get_preset(args.preset)
+    if args.plus_weights:
+        preset = dataclasses.replace(preset, plus_weights=args.plus_weights)
     work = args.work or tempfile.mkdtemp(prefix="pff-bench-")
     manifest, decoded = corpus(os.path.join(work, "corpus"), preset, args.clips, args.seconds)
     clips = [c for c, _ in decoded]
@@ -384,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "dtype": str(labeler.encoder.dtype),
         "preset": args.preset,
+        "plus_weights": preset.plus_weights,
         "encoders": bundle.preset.encoders.__class__.__name__
         + " "
         + json.dumps(bundle.preset.to_dict()["encoders"], sort_keys=True),

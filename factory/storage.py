@@ -30,6 +30,16 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (a URI as it is): for paths handed to Ray workers
+    whose working directory is not the driver's (Tune runs each trial in its own).
+
+    >>> absolute("s3://b/x"), absolute("/a/b")
+    ('s3://b/x', '/a/b')
+    """
+    return uri if is_remote(uri) else os.path.abspath(uri)
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """``(fs, path)`` for a local path or URI."""
     fs, path = fsspec.core.url_to_fs(uri)

@@ -241,6 +241,8 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     from factory.train_job import TrainOptions, make_pool, run_dir
 
     t0 = time.time()
+    # the trials run in their own folders: a relative bundle path would not be found there
+    opts = dataclasses.replace(opts, bundle=storage.absolute(opts.bundle))
     records, truth = validation_set(opts.val, opts.val_gt, opts.max_val_clips)
     bundle = load_bundle(opts.bundle)  # inputs checked before Ray starts
     init_ray(opts.address)
@@ -337,9 +339,16 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
             ),
         )
     grid = tuner.fit()
-    best = grid.get_best_result(metric=opts.metric, mode="max", scope="all")
-    if best.checkpoint is None:
-        raise RuntimeError(f"no trial of the sweep reported a result; see {experiment}")
+    try:
+        best = grid.get_best_result(metric=opts.metric, mode="max", scope="all")
+    except RuntimeError:  # Ray's "No best trial found": every trial failed
+        best = None
+    if best is None or best.checkpoint is None:
+        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
+        first = f": {errors[0]}" if errors else ""
+        raise RuntimeError(
+            f"no trial of the sweep reported a result ({len(errors)} failed{first}); see {experiment}"
+        )
     rows = []
     for r in grid:
         if r.metrics and "epoch" in r.metrics:

@@ -118,26 +118,45 @@ sys.path.insert(0, sys.argv[1]); sys.path.insert(0, os.path.join(sys.argv[1], "t
 corpus, bundle, out = sys.argv[2:5]
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+# two CPUs a worker: the node that survives must hold the restarted labelling actor and
+# still decode (with one CPU each, the actor took the survivor's only CPU and decoding
+# waited forever); logical CPUs, the two physical cores are shared either way
+workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
 from factory.raycluster import init_ray
 init_ray(address=cluster.address)
 import ray
 from factory.label_job import LabelOptions, run_label
-from faults import wait_for_shards
+from faults import pids_matching
 removed = {}
-def remover():
-    if not wait_for_shards(os.path.join(out, "shards"), 1):
-        return
-    # the labelling actor's node if the state API answers (it may not while another Ray
-    # instance runs on this machine, as the test session's own does); else the first worker:
-    # a node is removed mid-run either way, never silently skipped by a dead thread
+def raylet_pid(node):
+    return node.all_processes["raylet"][0].process.pid
+def parent_pid(pid):
     try:
-        from ray.util.state import list_actors
-        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=10) if "LabelActor" in (a.class_name or "")}
-    except Exception as err:
-        print(f"state API unavailable ({err}); removing the first worker node", flush=True)
-        nodes = set()
-    victim = next((w for w in workers if w.node_id in nodes), workers[0])
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+def remover():
+    # The node goes as soon as the labelling actor has run for a second or the first shard
+    # is committed, whichever comes first: after the slow start-up a small corpus is
+    # labelled in seconds. The actor's node is found from the process table (a worker is a
+    # child of its node's raylet), not the state API, which did not answer before the run
+    # ended (CI, 2026-12-04); with no actor process found, the first worker goes.
+    shards, victim, seen, deadline = os.path.join(out, "shards"), None, None, time.time() + 900
+    by_raylet = {raylet_pid(w): w for w in workers}
+    while time.time() < deadline:
+        for pid in pids_matching("LabelActor"):
+            node = by_raylet.get(parent_pid(pid))
+            if node is not None:
+                victim, seen = node, seen or time.time()
+        shard = os.path.isdir(shards) and any(f.endswith(".parquet") for f in os.listdir(shards))
+        if shard or (seen is not None and time.time() - seen > 1.0):
+            break
+        time.sleep(0.1)
+    else:
+        return
+    victim = victim or workers[0]
+    print(f"removing node {victim.node_id} (labelling actor found: {seen is not None})", flush=True)
     cluster.remove_node(victim)
     removed["node"] = victim.node_id
 threading.Thread(target=remover, daemon=True).start()

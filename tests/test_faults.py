@@ -87,7 +87,7 @@ def test_node_removed_from_a_three_node_cluster(tiny_bundle, reference, tmp_path
     result = json.loads(
         next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :]
     )
-    assert result["removed"], "no node was removed (the run ended first)"
+    assert result["removed"], "no node was removed (the run ended first)\n" + res.stdout[-2000:]
     assert result["inputs"] == result["labelled"] + result["rejected"]
     assert_same_as_reference(out, reference)
 

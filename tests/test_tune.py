@@ -71,7 +71,7 @@ def copy_bundle(src, dst):
 
 @pytest.mark.slow
 def test_small_sweep_writes_best_settings_used_by_the_labeler(
-    tiny_bundle, heldout_corpus, tmp_path, ray_session
+    tiny_bundle, heldout_corpus, tmp_path, ray_session, monkeypatch
 ):
     from factory.corpus import read_corpus
     from factory.decode import decode_clip
@@ -79,8 +79,11 @@ def test_small_sweep_writes_best_settings_used_by_the_labeler(
 
     bundle_uri = copy_bundle(tiny_bundle["bundle"], tmp_path / "bundle")
     root, _ = heldout_corpus
+    # the bundle named relative to the working folder, as a user types it: Tune runs each
+    # trial in a folder of its own, where a relative path was not found (2026-12-04)
+    monkeypatch.chdir(tmp_path)
     result = run_tune(
-        TuneOptions(bundle=bundle_uri, val=root, num_samples=2, epochs=1, max_val_clips=2, seed=3)
+        TuneOptions(bundle="bundle", val=root, num_samples=2, epochs=1, max_val_clips=2, seed=3)
     )
     assert len(result["trials"]) == 2 and result["metrics"]["cc"] is not None
     best = result["best"]
