@@ -325,6 +325,12 @@ def main(argv: list[str] | None = None) -> dict:
         choices=("pair", "type"),
         help="the + nets: 8, one per pair (the default), or 3 shared by their terms",
     )
+    p.add_argument(
+        "--plus-trunk",
+        default=None,
+        choices=("vgg", "image"),
+        help="what the + nets read: the dilated VGG or the image trunk at stride 8",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32"
@@ -348,6 +354,10 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     if args.plus_weights:
         preset = dataclasses.replace(preset, plus_weights=args.plus_weights)
+    if args.plus_trunk:
+        preset = dataclasses.replace(
+            preset, encoders=dataclasses.replace(preset.encoders, plus_trunk=args.plus_trunk)
+        )
     work = args.work or tempfile.mkdtemp(prefix="pff-bench-")
     manifest, decoded = corpus(os.path.join(work, "corpus"), preset, args.clips, args.seconds)
     clips = [c for c, _ in decoded]
@@ -394,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": str(labeler.encoder.dtype),
         "preset": args.preset,
         "plus_weights": preset.plus_weights,
+        "plus_trunk": preset.encoders.plus_trunk,
         "encoders": bundle.preset.encoders.__class__.__name__
         + " "
         + json.dumps(bundle.preset.to_dict()["encoders"], sort_keys=True),

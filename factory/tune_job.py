@@ -27,6 +27,7 @@ import torch
 
 from factory import storage
 from factory.bundle import load_bundle
+from factory.rejects import ClipError
 from models.config import CGCNConfig
 from models.registry import PLUS_PAIRS, plus_nets
 
@@ -275,7 +276,15 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
             for r in read_cache_rows(storage.join(features, "train"), columns=["key", "tags"])
         ]
         train_pool = make_pool(features, cached, preset, load_switch_labels(switch_labels))
-        decoded = [(decode_clip(r, preset.frames, preset.spectrogram), r.tags) for r in records]
+        decoded = []
+        for r in records:  # a bad or over-long validation clip is skipped, never fatal
+            try:
+                decoded.append((decode_clip(r, preset.frames, preset.spectrogram), r.tags))
+            except ClipError as err:
+                log.warning("validation clip %s not used (%s: %s)", r.key, err.stage, err)
+        if not decoded:
+            raise ValueError(f"validation {opts.val!r}: no clip could be decoded; see the warnings")
+        records = [r for r in records if r.key in {c.key for c, _ in decoded}]
         vsketch = build_sketch(records, w.pool_clips, w.seed)
         by_key = {c.key: c for c, _ in decoded}
         val_pool = {
