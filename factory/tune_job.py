@@ -81,6 +81,22 @@ class NoFixationsError(ValueError):
     pass
 
 
+def decodable_clips(records: list, preset: Any, source: str) -> list[tuple[Any, tuple]]:
+    """(decoded clip, tags) of each validation record that decodes; a bad or over-long
+    clip is skipped with a warning, never fatal; none at all is an error."""
+    from factory.decode import decode_clip
+
+    decoded = []
+    for r in records:
+        try:
+            decoded.append((decode_clip(r, preset.frames, preset.spectrogram), r.tags))
+        except ClipError as err:
+            log.warning("validation clip %s not used (%s: %s)", r.key, err.stage, err)
+    if not decoded:
+        raise ValueError(f"validation {source!r}: no clip could be decoded; see the warnings")
+    return decoded
+
+
 def validation_set(val: str, val_gt: str | None, max_clips: int) -> tuple[list, dict[str, Any]]:
     """(records, truth by video) of the validation clips that have fixations."""
     from factory.corpus import read_corpus
@@ -234,7 +250,6 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from factory.decode import decode_clip
     from factory.net_training import load_switch_labels
     from factory.pool import PoolEntries, build_sketch
     from factory.prepare import decoded_pool_entries
@@ -276,17 +291,10 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
             for r in read_cache_rows(storage.join(features, "train"), columns=["key", "tags"])
         ]
         train_pool = make_pool(features, cached, preset, load_switch_labels(switch_labels))
-        decoded = []
-        for r in records:  # a bad or over-long validation clip is skipped, never fatal
-            try:
-                decoded.append((decode_clip(r, preset.frames, preset.spectrogram), r.tags))
-            except ClipError as err:
-                log.warning("validation clip %s not used (%s: %s)", r.key, err.stage, err)
-        if not decoded:
-            raise ValueError(f"validation {opts.val!r}: no clip could be decoded; see the warnings")
-        records = [r for r in records if r.key in {c.key for c, _ in decoded}]
-        vsketch = build_sketch(records, w.pool_clips, w.seed)
+        decoded = decodable_clips(records, preset, opts.val)
         by_key = {c.key: c for c, _ in decoded}
+        records = [r for r in records if r.key in by_key]
+        vsketch = build_sketch(records, w.pool_clips, w.seed)
         val_pool = {
             tag: PoolEntries.concat(
                 decoded_pool_entries(by_key[k], w.pool_groups, preset)

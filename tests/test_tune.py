@@ -13,7 +13,14 @@ import time
 import pytest
 
 from factory.bundle import load_bundle
-from factory.tune_job import NoFixationsError, TuneOptions, paper_grid, run_tune, validation_set
+from factory.tune_job import (
+    NoFixationsError,
+    TuneOptions,
+    decodable_clips,
+    paper_grid,
+    run_tune,
+    validation_set,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,6 +69,24 @@ def test_refuses_without_fixations(tmp_path, tiny_corpus):
         timeout=120,
     )
     assert res.returncode != 0 and "no fixations" in res.stderr
+
+
+def test_undecodable_validation_clips_are_skipped_not_fatal(heldout_corpus, tmp_path):
+    from factory.config import preset
+    from factory.corpus import ClipRecord, read_corpus
+
+    root, _ = heldout_corpus
+    good = read_corpus(os.path.join(root, "manifest.csv")).records[0]
+    (tmp_path / "garbage.mp4").write_bytes(os.urandom(20_000))
+    bad = [
+        ClipRecord("garbage", str(tmp_path / "garbage.mp4"), good.tags),
+        ClipRecord("missing", str(tmp_path / "missing.mp4"), good.tags),
+    ]
+    tiny = preset("tiny")
+    decoded = decodable_clips([bad[0], good, bad[1]], tiny, "val")
+    assert [c.key for c, _ in decoded] == [good.key]
+    with pytest.raises(ValueError, match="no clip could be decoded"):
+        decodable_clips(bad, tiny, "val")
 
 
 def copy_bundle(src, dst):
