@@ -1,7 +1,7 @@
 """Peak memory of labelling and predicting a long clip against a short one (issue 15).
 
 Writes two synthetic clips of the same world, ``--short`` and ``--long`` seconds, and for
-each runs, in a fresh process, the labeler (``factory.chunks.label_in_chunks``: the
+each runs, in a fresh process, the labeler (``factory.method.chunks.label_in_chunks``: the
 label job's per-clip work, decoding included) and the students' predictor
 (``predict_in_chunks``), recording the process's peak resident memory (``ru_maxrss``)
 and the time. A clip longer than ``max_frames`` is taken in chunks, so the long clip's
@@ -33,11 +33,11 @@ def run_one(kind: str, bundle: str, corpus: str, students: str) -> dict:
     """In this (fresh) process: label or predict the corpus's one clip, report peak RSS."""
     import torch
 
-    from factory.bundle import load_bundle
-    from factory.chunks import label_in_chunks, predict_in_chunks
-    from factory.corpus import read_corpus
-    from factory.labeler import Labeler
-    from factory.students import StudentPredictor
+    from factory.io.corpus import read_corpus
+    from factory.method.bundle import load_bundle
+    from factory.method.chunks import label_in_chunks, predict_in_chunks
+    from factory.method.labeler import Labeler
+    from factory.method.students import StudentPredictor
 
     torch.set_num_threads(2)
     rec = read_corpus(os.path.join(corpus, "manifest.csv")).records[0]
@@ -61,8 +61,8 @@ def run_one(kind: str, bundle: str, corpus: str, students: str) -> dict:
 def make_students(bundle_uri: str, out: str) -> str:
     import torch
 
-    from factory.bundle import load_bundle
-    from factory.students import save_students
+    from factory.method.bundle import load_bundle
+    from factory.method.students import save_students
     from models.config import STUDENT_GRAPH_CHANNELS
     from models.registry import STUDENTS, build_student
 
@@ -96,8 +96,8 @@ def main() -> None:
     if a.child:
         print(json.dumps(run_one(a.child[0], a.bundle, a.child[1], a.child[2])))
         return
-    from factory.bundle import load_bundle
-    from factory.synthetic import TABLE1_WORLD, generate
+    from factory.io.synthetic import TABLE1_WORLD, generate
+    from factory.method.bundle import load_bundle
 
     preset = load_bundle(a.bundle).preset
     work = tempfile.mkdtemp(prefix="long_video_")

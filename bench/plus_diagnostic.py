@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from factory import equations as eq
-from factory import metrics as M
-from factory.bundle import load_bundle
-from factory.corpus import read_corpus
-from factory.decode import decode_clip
-from factory.inputs import gather_inputs
-from factory.labeler import Labeler
-from factory.synthetic import load_ground_truth
+from factory.io.corpus import read_corpus
+from factory.io.decode import decode_clip
+from factory.io.synthetic import load_ground_truth
+from factory.method import equations as eq
+from factory.method import metrics as M
+from factory.method.bundle import load_bundle
+from factory.method.inputs import gather_inputs
+from factory.method.labeler import Labeler
 from models.registry import NETS, plus_net
 
 bundle = load_bundle(sys.argv[1])

@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from factory.synthetic import TABLE1_WORLD
+from factory.io.synthetic import TABLE1_WORLD
 
 COLUMNS = (
     "map_cam_s",
@@ -51,7 +51,7 @@ COLUMNS = (
 
 
 def worlds(root: str) -> tuple[str, str]:
-    from factory.synthetic import generate
+    from factory.io.synthetic import generate
 
     train, held = os.path.join(root, "train"), os.path.join(root, "heldout")
     generate(train, TABLE1_WORLD.replace(seed=0))
@@ -69,7 +69,7 @@ def fit(
 ) -> dict:
     """The bundle of ``candidate`` under root: the nets named in ``refit`` (``plus``: the
     + nets, ``switch``: the audio switch) refitted with ``seed``, the others resumed."""
-    from factory.train_job import TrainOptions, run_train
+    from factory.jobs.train import TrainOptions, run_train
 
     weights, init, *extra = candidate.split("-")
     balance = "bal" in extra  # the audio switch with its classes balanced (refitted)
@@ -125,7 +125,7 @@ def selection(out: str, held: str) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from factory.labeler import SOURCES
+    from factory.method.labeler import SOURCES
 
     with open(os.path.join(held, "manifest.csv")) as f:
         kinds = {r["video_id"]: r["kind"] for r in csv.DictReader(f)}
@@ -154,9 +154,9 @@ def selection(out: str, held: str) -> dict:
 
 
 def score(root: str, held: str, bundle: str, rule: str, tag: str) -> dict:
-    from factory.evaluate import evaluate
-    from factory.label_job import LabelOptions, run_label
-    from factory.labeler import MAP_NAMES
+    from factory.evaluation.evaluate import evaluate
+    from factory.jobs.label import LabelOptions, run_label
+    from factory.method.labeler import MAP_NAMES
 
     confidence, no_source = rule.split("-")
     out = os.path.join(root, "labels", f"{tag}@{rule}")
@@ -219,7 +219,7 @@ def main() -> None:
         "resume from the run folder as the previous candidate left them)",
     )
     a = p.parse_args()
-    from factory.raycluster import init_ray
+    from factory.pipelines.cluster import init_ray
 
     init_ray()
     sets = {k: json.loads(v) for k, _, v in (x.partition("=") for x in a.set)}

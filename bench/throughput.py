@@ -45,19 +45,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 
-from factory import equations as eq
-from factory.audio import frame_windows
-from factory.bundle import Bundle, build_nets, labeler_nets
 from factory.config import Preset
 from factory.config import preset as get_preset
-from factory.corpus import read_corpus
-from factory.decode import DecodedClip, decode_clip
-from factory.encoding import resize_square
-from factory.inputs import gather_inputs
-from factory.labeler import Labeler
-from factory.pool import PoolEntries, PoolSource
-from factory.prepare import decoded_pool_entries
-from factory.synthetic import SyntheticConfig, generate
+from factory.io.audio import frame_windows
+from factory.io.corpus import read_corpus
+from factory.io.decode import DecodedClip, decode_clip
+from factory.io.synthetic import SyntheticConfig, generate
+from factory.method import equations as eq
+from factory.method.bundle import Bundle, build_nets, labeler_nets
+from factory.method.encoding import resize_square
+from factory.method.inputs import gather_inputs
+from factory.method.labeler import Labeler
+from factory.method.pool import PoolEntries, PoolSource
+from factory.train.prepare import decoded_pool_entries
 from models.encoders import Encoders
 from models.registry import NETS
 
@@ -219,7 +219,7 @@ def label_pass(labeler: Labeler, decoded: list, batch: int = 4) -> int:
 
 
 def label_job_rate(manifest: str, bundle_dir: str, out: str, actors: int, device: str) -> float:
-    from factory.label_job import LabelOptions, run_label
+    from factory.jobs.label import LabelOptions, run_label
 
     summary = run_label(
         LabelOptions(
@@ -240,7 +240,7 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
     import ray
     from ray.cluster_utils import Cluster
 
-    from factory.raycluster import init_ray
+    from factory.pipelines.cluster import init_ray
 
     rows: dict[str, list[float]] = {}
     init_ray(address="local", num_cpus=cpus)

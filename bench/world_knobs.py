@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from factory.synthetic import HARD_WORLD, TABLE1_WORLD, SyntheticConfig
+from factory.io.synthetic import HARD_WORLD, TABLE1_WORLD, SyntheticConfig
 
 T1 = TABLE1_WORLD
 SETTINGS: dict[str, SyntheticConfig] = {
@@ -51,11 +51,11 @@ COLUMNS = (
 
 
 def run_setting(name: str, cfg: SyntheticConfig, root: str) -> dict:
-    from factory.evaluate import evaluate
-    from factory.label_job import LabelOptions, run_label
-    from factory.labeler import MAP_NAMES
-    from factory.synthetic import generate
-    from factory.train_job import TrainOptions, run_train
+    from factory.evaluation.evaluate import evaluate
+    from factory.io.synthetic import generate
+    from factory.jobs.label import LabelOptions, run_label
+    from factory.jobs.train import TrainOptions, run_train
+    from factory.method.labeler import MAP_NAMES
 
     t0 = time.time()
     base = os.path.join(root, name)
@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--root", default=os.path.join("runs", "world_knobs"))
     p.add_argument("--json", default=None, help="write the raw figures here")
     a = p.parse_args()
-    from factory.raycluster import init_ray
+    from factory.pipelines.cluster import init_ray
 
     init_ray()
     results = {}

@@ -68,7 +68,7 @@ class WindowConfig:
     seed: int = 0
     # The long term's frames: every frame of a clip up to this many, else this many
     # spread evenly over the clip (a bounded per-clip pool for long videos; see
-    # factory.windows.long_pool_centres). 128 covers 16 s at 8 fps: AVE's 10 s clips
+    # factory.method.windows.long_pool_centres). 128 covers 16 s at 8 fps: AVE's 10 s clips
     # draw from every frame, as the paper describes.
     long_pool: int = 128
 
@@ -110,7 +110,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm (0 = off, the paper's recipe)
     branch_loss_weight: float = 0.4  # + nets: weight of the raw branch's loss (authors' recipe)
     # The audio switch's loss with its two classes weighted equally per batch (not the
-    # paper's, which is silent on balance; see factory.losses.balanced_binary_loss).
+    # paper's, which is silent on balance; see factory.method.losses.balanced_binary_loss).
     switch_balance: bool = False
 
     def lr_for(self, net: str) -> float:
@@ -127,14 +127,14 @@ class LabelConfig:
     reject_silent: bool = False  # True: a clip without an audio stream is a reject
     multi_tag_rule: str = "confidence"  # per-tag SCAM+ maps weighted by selected confidence
     # C_X of Eq. 2/3/8: "sigmoid" (per class, as the Eq. 7 loss) or "softmax" (over the
-    # classes, the authors' code). See factory.equations.class_confidences.
+    # classes, the authors' code). See factory.method.equations.class_confidences.
     confidence: str = "sigmoid"
     # A frame where no source ranks the tag first (the paper is silent): "average" (the
     # sources' mean, the default) or "flat" (Eq. 2 / 8 as written: (0 + lambda) /
     # (0 + lambda), a constant map that Z makes all-zero). Measured on the Table 1 world
     # (bench/RESULTS.md, "SCAM+"): no source passes on 25-35% of the frames; "flat"
     # scored SCAM coarse / fine / SCAM+ CC 0.290 / 0.393 / 0.426 there, "average" 0.476 /
-    # 0.642 / 0.548 (AC 0.476, AC fine 0.653). See factory.equations.NO_SOURCE.
+    # 0.642 / 0.548 (AC 0.476, AC fine 0.653). See factory.method.equations.NO_SOURCE.
     no_source: str = "average"
     frame_chunk: int = 64  # frames per encoder call (bounds activation memory)
 
@@ -142,7 +142,7 @@ class LabelConfig:
 @dataclass(frozen=True)
 class ExecutionConfig:
     """How a job's nets run on the cluster (the train, distil and ablate jobs; read by
-    :mod:`factory.executors`): Ray Train workers per net and the GPUs they share, CPUs
+    :mod:`factory.pipelines.executors`): Ray Train workers per net and the GPUs they share, CPUs
     per worker (None: what fits every net of a phase at once), trials at once (None: as
     many as fit), a net's restarts after a worker failure, and the feature caches'
     encoder actors (None: one per GPU, else the CPUs but one)."""
@@ -319,7 +319,7 @@ def read_preset_file(path: str) -> dict[str, Any]:
     """A preset file: JSON or TOML (by extension), any subset of the preset's fields,
     nested as in ``bundle.json``'s ``preset`` (for example ``{"encoders": {"image":
     {"weights": "s3://bucket/resnext101.pth"}}, "train": {"epochs": 10}}``)."""
-    from factory import storage
+    from factory.io import storage
 
     if not storage.exists(path):
         raise FileNotFoundError(f"preset file {path!r}: not found")

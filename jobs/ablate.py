@@ -28,7 +28,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.ablate_job import (  # noqa: E402
+from factory.jobs.ablate import (  # noqa: E402
     SYNTHETIC_STUDENT_EPOCHS,
     VARIANTS,
     AblateOptions,
@@ -36,7 +36,7 @@ from factory.ablate_job import (  # noqa: E402
     run_ablate,
     synthetic_defaults,
 )
-from factory.raycluster import REPO_ROOT  # noqa: E402
+from factory.pipelines.cluster import REPO_ROOT  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ import _bootstrap
 _bootstrap.setup_logging()
 
 from factory.config import ExecutionConfig  # noqa: E402
-from factory.distill_job import DistillOptions, run_distill  # noqa: E402
+from factory.jobs.distill import DistillOptions, run_distill  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

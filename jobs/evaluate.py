@@ -18,7 +18,8 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.evaluate import evaluate, figure, write_report  # noqa: E402
+from factory.evaluation.evaluate import evaluate, figure, write_report  # noqa: E402
+from factory.pipelines.cluster import ray_map  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     columns = a.columns.split(",") if a.columns else None
-    use_ray = {"auto": None, "yes": True, "no": False}[a.ray]
-    report = evaluate(a.pred, a.gt, columns, blur=not a.no_blur, fps=a.gt_fps, use_ray=use_ray)
+    report = evaluate(
+        a.pred,
+        a.gt,
+        columns,
+        blur=not a.no_blur,
+        fps=a.gt_fps,
+        mapper=None if a.ray == "no" else ray_map,
+        parallel_above=0 if a.ray == "yes" else 32,
+    )
     write_report(report, a.out)
     if not a.out.startswith("s3://"):
         figure(a.pred, a.gt, os.path.join(a.out, "figure.png"))

@@ -23,7 +23,8 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.label_job import LabelOptions, run_label  # noqa: E402
+from factory.jobs.demo import run_demo  # noqa: E402
+from factory.jobs.label import LabelOptions, run_label  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptions | None]:
@@ -177,27 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     if opts is not None:
         print_summary(run_label(opts))
         return
-    from factory.demo import ensure_bundle, prepare_corpora
-    from factory.evaluate import evaluate, figure, write_report
 
-    paths = prepare_corpora()
-    from factory.raycluster import init_ray
-
-    init_ray(args.address)
-    ensure_bundle(paths, on_ray=args.train_on_ray)
-    opts = LabelOptions(
-        corpus=paths["heldout_manifest"],
-        bundle=paths["bundle"],
-        out=paths["out"],
-        ablation=True,
-        export_png=args.export_png,
-        address=args.address,
-    )
-    summary = run_label(opts)
-    print_summary(summary)
-    report = evaluate(paths["out"], paths["heldout_corpus"])
-    write_report(report, paths["report"])
-    figure(paths["out"], paths["heldout_corpus"], os.path.join(paths["report"], "figure.png"))
+    demo = run_demo(args.address, args.train_on_ray, args.export_png)
+    paths, report = demo.paths, demo.report
+    print_summary(demo.summary)
     print(
         "\nPseudo-fixations vs the synthetic ground truth (held-out clips, per frame -> per video -> mean):"
     )

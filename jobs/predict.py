@@ -13,7 +13,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.predict_job import PredictOptions, run_predict  # noqa: E402
+from factory.jobs.predict import PredictOptions, run_predict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

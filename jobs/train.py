@@ -20,7 +20,7 @@ import _bootstrap
 _bootstrap.setup_logging()
 
 from factory.config import ExecutionConfig  # noqa: E402
-from factory.train_job import TrainOptions, run_train, summary_table  # noqa: E402
+from factory.jobs.train import TrainOptions, run_train, summary_table  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:

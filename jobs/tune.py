@@ -19,7 +19,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
-from factory.tune_job import NoFixationsError, TuneOptions, run_tune  # noqa: E402
+from factory.jobs.tune import NoFixationsError, TuneOptions, run_tune  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

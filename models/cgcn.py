@@ -9,7 +9,7 @@ Every node is a ``c x h x w`` class-map tensor. With ``R`` the reshape to ``c x 
 - Eq. 11 / 12: ``h_a <- R^-1( h_a * sigma( sum_{b != a} R(h_b) @ e_{a,b} ) )``. TA
   receives from every MG node, each MG node from TA and the other MG nodes, so every
   node receives from every other node;
-- Eq. 13-14: :func:`factory.equations.fixation_refine` on every node after every step.
+- Eq. 13-14: :func:`factory.method.equations.fixation_refine` on every node after every step.
 
 All nodes update from the states of the previous step (a synchronous update).
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from factory.equations import fixation_refine
+from factory.method.equations import fixation_refine
 from models.config import NEW_LAYER_INIT_STD, CGCNConfig
 
 # On CPU the fused attention kernel pays off only on long node maps: measured on the

@@ -2,7 +2,7 @@
 
 Built from torchvision's own block definitions, with module names that mirror
 torchvision's so its state dicts load as they are. Weights are never downloaded: a
-config names a local or ``s3://`` file, read by :func:`factory.storage.load_state_dict`
+config names a local or ``s3://`` file, read by :func:`factory.io.storage.load_state_dict`
 and handed to the ``load_*_weights`` function of the encoder, the one place that
 remaps checkpoint keys for that encoder.
 """

@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 S3_KEY_ID = "testing-key-id"
 S3_SECRET = "testing-secret-value-0123456789"
 
-from factory.synthetic import SyntheticConfig, generate  # noqa: E402
+from factory.io.synthetic import SyntheticConfig, generate  # noqa: E402
 
 TINY_WORLD = SyntheticConfig(
     num_tags=3, clips_per_tag=2, seconds=2.0, seed=5, multi_tag_clips=1, no_audio_stream=1
@@ -98,7 +98,7 @@ def ray_session():
     """One local Ray for the tests that need it (2 CPUs)."""
     import ray
 
-    from factory.raycluster import init_ray
+    from factory.pipelines.cluster import init_ray
 
     if not ray.is_initialized():
         init_ray(num_cpus=2)
@@ -124,7 +124,7 @@ TEST_TRAINING = {"epochs": 8, "pretrain_epochs": 10}
 def tiny_bundle(tmp_path_factory):
     """A tiny bundle fitted once per session, in-process (the local executor: the same
     phases and per-net code as the Ray job; the Ray path has its own tests)."""
-    from factory.train_job import TrainOptions, run_train
+    from factory.jobs.train import TrainOptions, run_train
 
     root = tmp_path_factory.mktemp("bundle_world")
     generate(str(root / "train"), TRAIN_WORLD)

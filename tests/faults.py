@@ -122,10 +122,10 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
 # still decode (with one CPU each, the actor took the survivor's only CPU and decoding
 # waited forever); logical CPUs, the two physical cores are shared either way
 workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-from factory.raycluster import init_ray
+from factory.pipelines.cluster import init_ray
 init_ray(address=cluster.address)
 import ray
-from factory.label_job import LabelOptions, run_label
+from factory.jobs.label import LabelOptions, run_label
 from faults import pids_matching
 removed = {}
 def raylet_pid(node):

@@ -1,4 +1,4 @@
-"""Long videos in bounded memory (factory.chunks): a clip longer than max_frames is
+"""Long videos in bounded memory (factory.method.chunks): a clip longer than max_frames is
 labelled and predicted chunk by chunk, and its maps equal the whole clip's."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import os
 import numpy as np
 import pytest
 
-from factory.bundle import load_bundle
-from factory.chunks import label_in_chunks, plan, predict_in_chunks
-from factory.corpus import read_corpus
-from factory.decode import ClipTooLong, decode_clip, frame_count
-from factory.inputs import WindowSettings
-from factory.labeler import Labeler
-from factory.pool import PoolSource
-from factory.prepare import decoded_pool_entries
-from factory.synthetic import SyntheticConfig, generate
-from factory.windows import halo, long_pool_centres, long_term, window_rng
+from factory.io.corpus import read_corpus
+from factory.io.decode import ClipTooLong, decode_clip, frame_count
+from factory.io.synthetic import SyntheticConfig, generate
+from factory.method.bundle import load_bundle
+from factory.method.chunks import label_in_chunks, plan, predict_in_chunks
+from factory.method.inputs import WindowSettings
+from factory.method.labeler import Labeler
+from factory.method.pool import PoolSource
+from factory.method.windows import halo, long_pool_centres, long_term, window_rng
+from factory.train.prepare import decoded_pool_entries
 
 # Clips of 5 s (40 frames at 8 fps) of the tiny bundle's three tags.
 LONG_WORLD = SyntheticConfig(num_tags=3, clips_per_tag=2, seconds=5.0, seed=41)
@@ -73,9 +73,9 @@ def _preset(bundle_preset, max_frames, long_pool=12):
 def test_pool_groups_decoded_alone_equal_those_of_the_whole_clip(long_corpus):
     """The cross-term pool decodes only a clip's groups (any length of clip): frames and
     sound windows equal those cut from the whole decoded clip (one forward decode of the
-    sound from the same start, factory.decode.SoundReader)."""
+    sound from the same start, factory.io.decode.SoundReader)."""
     from factory.config import preset
-    from factory.prepare import record_pool_entries
+    from factory.train.prepare import record_pool_entries
 
     _root, listing = long_corpus
     p = preset("tiny")
@@ -140,7 +140,7 @@ def test_students_predict_in_chunks_as_on_the_whole_clip(long_corpus, tiny_bundl
     windowing's, not the training's)."""
     import torch
 
-    from factory.students import StudentPredictor, save_students
+    from factory.method.students import StudentPredictor, save_students
     from models.config import STUDENT_GRAPH_CHANNELS
     from models.registry import STUDENTS, build_student
 
@@ -180,10 +180,10 @@ def test_long_clips_through_the_label_and_predict_jobs(tiny_bundle, tmp_path, ra
     import pyarrow.parquet as pq
     import torch
 
-    from factory.dataset import maps_from_column
-    from factory.label_job import LabelOptions, run_label
-    from factory.predict_job import PredictOptions, run_predict
-    from factory.students import StudentPredictor, save_students
+    from factory.jobs.label import LabelOptions, run_label
+    from factory.jobs.predict import PredictOptions, run_predict
+    from factory.method.dataset import maps_from_column
+    from factory.method.students import StudentPredictor, save_students
     from models.config import STUDENT_GRAPH_CHANNELS
     from models.registry import STUDENTS, build_student
 

@@ -156,7 +156,7 @@ def test_paper_preset_with_torchvision_state_dicts(tmp_path, train_args):
     import torchvision
 
     from factory.config import customise, preset
-    from factory.weights import check_weights
+    from factory.method.weights import check_weights
     from models.config import AudioEncoderConfig
     from models.encoders import AudioEncoder
 

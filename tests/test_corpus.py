@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory.corpus import read_corpus, read_tar_shards
+from factory.io.corpus import read_corpus, read_tar_shards
 
 AVE_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 
@@ -174,7 +174,7 @@ def make_shard(path, items, tag_field="tag"):
 class TestTarShards:
     def test_listing_and_byte_range_decode(self, tmp_path, tiny_corpus):
         from factory.config import preset
-        from factory.decode import decode_clip
+        from factory.io.decode import decode_clip
 
         root, meta = tiny_corpus
         clips = meta["clips"][:3]
@@ -208,7 +208,7 @@ def test_manifest_and_video_from_s3(tiny_corpus, s3_bucket):
     from conftest import copy_tree_to_s3
 
     from factory.config import preset
-    from factory.decode import decode_clip
+    from factory.io.decode import decode_clip
 
     root, meta = tiny_corpus
     copy_tree_to_s3(root, f"{s3_bucket}/corpus")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import truncated_copy
 
-from factory.audio import LogSpectrogram, frame_windows
 from factory.config import FrameConfig, SpectrogramConfig, preset
-from factory.corpus import ClipRecord
-from factory.decode import decode_clip, frame_times
-from factory.pipeline import decode_row, deserialize_clip, serialize_clip
+from factory.io.audio import LogSpectrogram, frame_windows
+from factory.io.corpus import ClipRecord
+from factory.io.decode import decode_clip, frame_times
+from factory.pipelines.stages import decode_row, deserialize_clip, serialize_clip
 
 P = preset("tiny")
 

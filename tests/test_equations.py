@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from factory import equations as eq
-from factory import losses
+from factory.method import equations as eq
+from factory.method import losses
 
 
 def t(x):
@@ -288,7 +288,7 @@ def test_no_source_rule_flat_gives_zeros_average_gives_the_mean():
 
 
 def test_balanced_binary_loss_by_hand():
-    from factory.losses import balanced_binary_loss
+    from factory.method.losses import balanced_binary_loss
 
     logits = torch.tensor([[2.0], [2.0], [2.0], [-1.0]])
     labels = torch.tensor([[1.0], [1.0], [1.0], [0.0]])

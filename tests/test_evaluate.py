@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory import metrics as M
-from factory.evaluate import CENTER_PRIOR, evaluate, write_report
-from factory.synthetic import load_ground_truth
+from factory.evaluation.evaluate import CENTER_PRIOR, evaluate, write_report
+from factory.io.synthetic import load_ground_truth
+from factory.method import metrics as M
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,10 +91,10 @@ def test_parquet_predictions_and_the_cli(tiny_corpus, tmp_path):
     """A dataset in this project's schema (maps = the ground truth) through the CLI."""
     import pyarrow as pa
 
-    from factory import storage
-    from factory.dataset import labels_table
-    from factory.labeler import ABLATION_MAPS, SOURCES, ClipLabels
-    from factory.store import ShardStore
+    from factory.io import storage
+    from factory.io.store import ShardStore
+    from factory.method.dataset import labels_table
+    from factory.method.labeler import ABLATION_MAPS, SOURCES, ClipLabels
 
     root, meta = tiny_corpus
     store = ShardStore(str(tmp_path / "ds"))
@@ -164,7 +164,11 @@ def test_frames_without_fixations_are_skipped_and_counted(tmp_path):
 
 def test_unknown_ground_truth_layout(tmp_path):
     with pytest.raises(ValueError, match="accepted layouts"):
-        list(__import__("factory.evaluate", fromlist=["load_truth"]).load_truth(str(tmp_path)))
+        list(
+            __import__("factory.evaluation.evaluate", fromlist=["load_truth"]).load_truth(
+                str(tmp_path)
+            )
+        )
 
 
 def test_center_prior_is_scored_like_a_method(tiny_corpus):
@@ -177,8 +181,8 @@ def test_center_prior_is_scored_like_a_method(tiny_corpus):
 def test_figure_panels_are_labelled(tmp_path):
     """Every panel of the evaluation figure names its row (frame, ground truth, method),
     the video and the time; one labelled colour scale."""
-    from factory.evaluate import figure
-    from factory.preview import panel_figure
+    from factory.evaluation.evaluate import figure
+    from factory.evaluation.preview import panel_figure
 
     frame = np.zeros((8, 8, 3), np.uint8)
     fig = panel_figure(
@@ -215,7 +219,7 @@ def _parquet_like_pngs(root, truth, times_of):
 
 
 def test_stavis_folds_diem_naming_and_the_centre_prior_on_the_same_frames(tmp_path):
-    from factory.evaluate import evaluate, stavis_folds
+    from factory.evaluation.evaluate import evaluate, stavis_folds
 
     gt = str(tmp_path / "gt")
     truth = make_stavis_layout(gt, db="DIEM", videos=("a", "b", "c", "d"), frames=6)
@@ -236,7 +240,7 @@ def test_stavis_folds_diem_naming_and_the_centre_prior_on_the_same_frames(tmp_pa
 
 
 def test_stavis_scores_are_the_mean_over_folds(tmp_path):
-    from factory.evaluate import evaluate
+    from factory.evaluation.evaluate import evaluate
 
     gt = str(tmp_path / "gt")
     truth = make_stavis_layout(gt, db="AVAD", videos=("a", "b", "c"), frames=3)

@@ -1,4 +1,4 @@
-"""The aspect-preserving rule (factory.geometry): frames are fitted into the working size
+"""The aspect-preserving rule (factory.io.geometry): frames are fitted into the working size
 with their proportions, never stretched; maps go back to the video's own frame."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from factory.config import FrameConfig, SpectrogramConfig
-from factory.corpus import ClipRecord
-from factory.dataset import export_png, map_array
-from factory.decode import decode_clip
-from factory.geometry import FILL_RGB, content_box, content_mask, to_source
+from factory.io.corpus import ClipRecord
+from factory.io.decode import decode_clip
+from factory.io.geometry import FILL_RGB, content_box, content_mask, to_source
+from factory.method.dataset import export_png, map_array
 
 
 def test_content_box_by_hand():
@@ -98,9 +98,9 @@ def test_map_size_source_rows_are_each_videos_own_frame(tmp_path):
     working letterbox for the students."""
     import pyarrow.parquet as pq
 
-    from factory.dataset import labels_table, maps_from_column
-    from factory.geometry import to_working
-    from factory.labeler import SOURCES, ClipLabels
+    from factory.io.geometry import to_working
+    from factory.method.dataset import labels_table, maps_from_column
+    from factory.method.labeler import SOURCES, ClipLabels
 
     def clip(key, size):
         maps = np.zeros((2, 32, 32), np.float32)

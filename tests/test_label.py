@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import truncated_copy
 
-from factory.bundle import load_bundle
-from factory.corpus import read_corpus
-from factory.decode import decode_clip
-from factory.labeler import ABLATION_MAPS, PAIR_MAPS, PLUS_PAIRS, SOURCES, Labeler
-from factory.synthetic import load_ground_truth
+from factory.io.corpus import read_corpus
+from factory.io.decode import decode_clip
+from factory.io.synthetic import load_ground_truth
+from factory.method.bundle import load_bundle
+from factory.method.labeler import ABLATION_MAPS, PAIR_MAPS, PLUS_PAIRS, SOURCES, Labeler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +84,7 @@ def test_labelling_rules_and_bundles_with_three_shared_plus_nets(
     """A bundle saved before the 8 pair nets (3 shared + nets, no plus_weights in its
     preset) loads as what it is and labels; the labelling rules of Eq. 2/3/8 (softmax
     confidences, the no-source average) reach the labeler and keep maps in [0, 1]."""
-    from factory.bundle import Bundle, build_nets
+    from factory.method.bundle import Bundle, build_nets
 
     root, _ = heldout_corpus
     bundle = load_bundle(tiny_bundle["bundle"])
@@ -134,9 +134,9 @@ def test_ablation_maps_are_the_paper_variants(tiny_bundle, heldout_corpus, tiny_
     pair has work."""
     import torch
 
-    from factory import equations as eq
-    from factory.pool import PoolSource
-    from factory.prepare import decoded_pool_entries
+    from factory.method import equations as eq
+    from factory.method.pool import PoolSource
+    from factory.train.prepare import decoded_pool_entries
 
     root, meta = heldout_corpus
     bundle = load_bundle(tiny_bundle["bundle"])
@@ -221,7 +221,7 @@ def test_multi_tag_clip_both_objects_salient(tiny_bundle, heldout_corpus):
 
 @pytest.mark.slow
 def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session):
-    from factory.label_job import LabelOptions, run_label
+    from factory.jobs.label import LabelOptions, run_label
 
     manifest = held_out_manifest(heldout_corpus, tmp_path)
     out = str(tmp_path / "pseudo")
@@ -268,7 +268,7 @@ def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session
     )
     assert os.path.exists(os.path.join(out, "preview.png"))
     # every preview panel says which video and time it shows; rows name the clip and tag
-    from factory.preview import preview_figure
+    from factory.evaluation.preview import preview_figure
 
     fig = preview_figure(out, read_corpus(manifest), load_bundle(tiny_bundle["bundle"]).preset)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -421,7 +421,7 @@ def test_store_resolves_overlapping_files(tmp_path):
     name) goes, and its clips count as not committed."""
     import pyarrow as pa
 
-    from factory.store import ShardStore
+    from factory.io.store import ShardStore
 
     def table(keys):
         return pa.table({"video_id": keys, "shard_id": [""] * len(keys)})
@@ -458,7 +458,7 @@ def test_embedded_default_cli_help():
 
 
 def test_bundle_loading_says_what_is_missing(tiny_bundle, tmp_path):
-    from factory.bundle import BundleError
+    from factory.method.bundle import BundleError
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle["bundle"], broken, ignore=shutil.ignore_patterns("_run"))
@@ -481,8 +481,8 @@ def test_png_export_at_the_source_size(tmp_path):
     frame size (here 90 x 160 from 8 x 8 maps, the video's rectangle rows 2-5 of the
     letterbox), so dataset tools that expect eyeMap_%05d.png at the frame's size read
     them as they are."""
-    from factory.dataset import export_png, labels_table
-    from factory.labeler import ClipLabels
+    from factory.method.dataset import export_png, labels_table
+    from factory.method.labeler import ClipLabels
 
     t = 2
     maps = np.zeros((t, 8, 8), np.float32)

@@ -1,4 +1,5 @@
-"""The package's dependencies point one way: no import cycle among the modules of
+"""The package's dependencies point one way: every module imports only its own layer or
+lower ones (ARCHITECTURE.md), and there is no import cycle among the modules of
 ``factory`` and ``models``, counting imports inside functions too (a cycle that only
 loads because its imports are deferred is still a cycle)."""
 
@@ -32,6 +33,39 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+# Bottom to top. ``models`` (the nn.Modules) sits with the method it implements; the two
+# configs are the floor every layer may read.
+LAYERS = (
+    ("factory.config", "models.config", "factory.io"),
+    ("models", "factory.method"),
+    ("factory.train", "factory.evaluation"),
+    ("factory.pipelines",),
+    ("factory.jobs",),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of a module: the longest prefix named in LAYERS wins."""
+    best, rank = "", -1
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, rank = prefix, i
+    if rank < 0:
+        raise KeyError(f"{module} is in no layer: add its package to LAYERS and ARCHITECTURE.md")
+    return rank
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+        for a, targets in sorted(graph.items())
+        if a not in PACKAGES
+        for b in sorted(targets)
+        if layer_of(b) > layer_of(a)
+    ]
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     stack: list[str] = []
@@ -56,8 +90,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_is_read():
     graph = import_graph()
-    assert "factory.labeler" in graph["factory.label_job"]  # a known edge
-    assert "factory.students" in graph["factory.net_training"]  # one inside a function
+    assert "factory.method.labeler" in graph["factory.jobs.label"]  # a known edge
+    assert "factory.method.students" in graph["factory.train.nets"]  # one inside a function
 
 
 def test_no_import_cycle():
@@ -68,3 +102,19 @@ def test_no_import_cycle():
 def test_a_cycle_is_found():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_module_sits_in_a_layer_and_imports_only_down():
+    graph = import_graph()
+    for module in graph:
+        if module not in PACKAGES:
+            layer_of(module)
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_found():
+    graph = {"factory.io.storage": {"factory.jobs.label"}, "factory.jobs.label": set()}
+    assert upward_imports(graph) == [
+        "factory.io.storage (layer 0) imports factory.jobs.label (layer 4)"
+    ]
+    assert layer_of("models.config") == 0 and layer_of("models.cgcn") == 1

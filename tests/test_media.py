@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from factory.config import FrameConfig, SpectrogramConfig
-from factory.corpus import ClipRecord
-from factory.decode import decode_clip
+from factory.io.corpus import ClipRecord
+from factory.io.decode import decode_clip
 
 FRAMES = FrameConfig(height=32, width=32, fps=8.0, coarse_size=32, fine_size=32, max_frames=64)
 SPEC = SpectrogramConfig()
@@ -153,7 +153,7 @@ def test_several_audio_streams_the_first_is_used_and_recorded(tmp_path):
     )
     clip = decode(path)
     assert clip.audio_stream == 1  # the container's stream index (0 is the video)
-    from factory.pipeline import deserialize_clip, serialize_clip
+    from factory.pipelines.stages import deserialize_clip, serialize_clip
 
     assert deserialize_clip("k", serialize_clip(clip)).audio_stream == 1  # survives the hand-off
     assert decode(write(tmp_path / "silent.mp4")).audio_stream is None
@@ -187,7 +187,7 @@ def test_a_segment_at_the_very_end(tmp_path):
     path = write(tmp_path / "end.mp4")
     clip = decode(path, start=1.5, end=2.0)
     assert len(clip.times) == 4 and grey(clip) == [12, 13, 14, 15]
-    from factory.rejects import ClipError
+    from factory.io.rejects import ClipError
 
     with pytest.raises(ClipError, match=r"starts at 2\.5 s but the clip is 2\.00 s long"):
         decode(path, start=2.5, end=3.0)

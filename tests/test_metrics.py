@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from factory import metrics as m
+from factory.method import metrics as m
 
 
 def a(x):

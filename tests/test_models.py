@@ -10,9 +10,9 @@ import torchvision
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vgg import VGG, make_layers
 
-from factory import equations as eq
-from factory import losses
-from factory.weights import build_encoders, check_weights
+from factory.method import equations as eq
+from factory.method import losses
+from factory.method.weights import build_encoders, check_weights
 from models.cgcn import CGCN, node_messages
 from models.config import (
     AudioEncoderConfig,

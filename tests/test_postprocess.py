@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from factory.postprocess import (
+from factory.method.postprocess import (
     POSTPROCESS,
     authors_postprocess,
     suppress_below_mean,

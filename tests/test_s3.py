@@ -13,7 +13,7 @@ import pytest
 import s3fs
 from conftest import S3_KEY_ID, S3_SECRET, copy_tree_to_s3
 
-from factory.synthetic import SyntheticConfig, generate
+from factory.io.synthetic import SyntheticConfig, generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = SyntheticConfig(num_tags=2, clips_per_tag=3, seconds=1.5, seed=41)
@@ -88,7 +88,7 @@ def test_end_to_end_on_s3_and_no_secret_leaks(tmp_path, s3_server, s3_bucket):
 
 
 def test_redaction():
-    from factory.storage import redact
+    from factory.io.storage import redact
 
     os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
     try:
@@ -133,7 +133,7 @@ def test_s3_output_without_credentials_is_one_line_before_ray(
     line = assert_one_line_error(proc, f"--out '{s3_bucket}/pseudo'", "cannot write there")
     assert "AWS_ACCESS_KEY_ID" in line and "Credentials" in line
     # with the credentials the same prefix is writable and the probe leaves nothing behind
-    from factory.storage import check_output_root
+    from factory.io.storage import check_output_root
 
     for key, value in s3_server["env"].items():  # (an earlier test may have changed them)
         monkeypatch.setenv(key, value)

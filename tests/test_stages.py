@@ -1,4 +1,4 @@
-"""The model stages' base (factory.pipeline.ModelStage) without Ray: one clip's failure
+"""The model stages' base (factory.pipelines.stages.ModelStage) without Ray: one clip's failure
 is that clip's reject, named after the stage; the other clips of the batch go on; a
 failed batch preparation falls back to clip by clip."""
 
@@ -6,10 +6,18 @@ import json
 
 import numpy as np
 
-from factory.corpus import ClipRecord
-from factory.decode import DecodedClip
-from factory.pipeline import OK, REJECT, ModelStage, empty_row, from_batch, serialize_clip, to_batch
-from factory.rejects import ClipError
+from factory.io.corpus import ClipRecord
+from factory.io.decode import DecodedClip
+from factory.io.rejects import ClipError
+from factory.pipelines.stages import (
+    OK,
+    REJECT,
+    ModelStage,
+    empty_row,
+    from_batch,
+    serialize_clip,
+    to_batch,
+)
 
 
 def decoded_row(key: str, frames: int) -> dict:

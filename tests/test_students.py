@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factory.distill_job import DistillOptions, run_distill
-from factory.evaluate import CENTER_PRIOR, STUDENT_COLUMN_NAMES, evaluate
-from factory.label_job import LabelOptions, run_label
-from factory.predict_job import PredictOptions, run_predict
-from factory.students import load_students
+from factory.evaluation.evaluate import CENTER_PRIOR, STUDENT_COLUMN_NAMES, evaluate
+from factory.jobs.distill import DistillOptions, run_distill
+from factory.jobs.label import LabelOptions, run_label
+from factory.jobs.predict import PredictOptions, run_predict
+from factory.method.students import load_students
 
 TEACHER = "SCAM+ (pseudo-fixation)"
 FUSED = STUDENT_COLUMN_NAMES["map"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.ablate_job import FUSED, PSEUDO, VARIANTS, AblateOptions, run_ablate
-from factory.synthetic import load_ground_truth
+from factory.io.synthetic import load_ground_truth
+from factory.jobs.ablate import FUSED, PSEUDO, VARIANTS, AblateOptions, run_ablate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

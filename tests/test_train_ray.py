@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from factory.bundle import load_bundle
-from factory.synthetic import SyntheticConfig, generate
-from factory.train_job import FINE_NETS, TrainOptions, coarse_nets, run_train
+from factory.io.synthetic import SyntheticConfig, generate
+from factory.jobs.train import FINE_NETS, TrainOptions, coarse_nets, run_train
+from factory.method.bundle import load_bundle
 
 # 8 clips per tag: with 5 (9 training clips) the held-out accuracy of this corpus hung on
 # the order Ray Data delivered the rows in, and two CI runs read exactly chance; with 8,

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from factory.bundle import load_bundle
-from factory.tune_job import (
+from factory.jobs.tune import (
     NoFixationsError,
     TuneOptions,
     decodable_clips,
@@ -21,6 +20,7 @@ from factory.tune_job import (
     run_tune,
     validation_set,
 )
+from factory.method.bundle import load_bundle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ def test_refuses_without_fixations(tmp_path, tiny_corpus):
 
 def test_undecodable_validation_clips_are_skipped_not_fatal(heldout_corpus, tmp_path):
     from factory.config import preset
-    from factory.corpus import ClipRecord, read_corpus
+    from factory.io.corpus import ClipRecord, read_corpus
 
     root, _ = heldout_corpus
     good = read_corpus(os.path.join(root, "manifest.csv")).records[0]
@@ -98,9 +98,9 @@ def copy_bundle(src, dst):
 def test_small_sweep_writes_best_settings_used_by_the_labeler(
     tiny_bundle, heldout_corpus, tmp_path, ray_session, monkeypatch
 ):
-    from factory.corpus import read_corpus
-    from factory.decode import decode_clip
-    from factory.labeler import Labeler
+    from factory.io.corpus import read_corpus
+    from factory.io.decode import decode_clip
+    from factory.method.labeler import Labeler
 
     bundle_uri = copy_bundle(tiny_bundle["bundle"], tmp_path / "bundle")
     root, _ = heldout_corpus
@@ -187,7 +187,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
 
 
 def test_a_flat_sweep_is_named_with_the_pairs_never_selected():
-    from factory.tune_job import PLUS_SOURCES, flat_objective
+    from factory.jobs.tune import PLUS_SOURCES, flat_objective
 
     sel = {s: 0.0 for s in PLUS_SOURCES}
     rows = [

@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from factory.corpus import ClipRecord
-from factory.inputs import WindowSettings, gather_inputs, graph_nodes
-from factory.pool import PoolEntries, build_sketch, cross_term, group_centres
-from factory.synthetic import SyntheticConfig, generate, load_ground_truth
-from factory.windows import long_term, short_term, stable_hash, target_frames, triplet, window_rng
+from factory.io.corpus import ClipRecord
+from factory.io.synthetic import SyntheticConfig, generate, load_ground_truth
+from factory.method.inputs import WindowSettings, gather_inputs, graph_nodes
+from factory.method.pool import PoolEntries, build_sketch, cross_term, group_centres
+from factory.method.windows import (
+    long_term,
+    short_term,
+    stable_hash,
+    target_frames,
+    triplet,
+    window_rng,
+)
 from models.registry import NETS
 
 
@@ -114,7 +121,7 @@ class TestGather:
 
     def test_a_pair_net_trains_on_its_own_term_a_shared_net_on_all(self):
         from factory.config import preset
-        from factory.training import NetTask, TrainingClip
+        from factory.train.loop import NetTask, TrainingClip
 
         f = {**self.feats(), "gate": torch.ones(20)}
         clip = TrainingClip("k", [0], f, has_audio=True)
@@ -196,9 +203,9 @@ class TestSyntheticWorld:
 
     def test_ground_truth_sits_on_the_event_object(self, tiny_corpus):
         from factory.config import preset
-        from factory.corpus import read_corpus
-        from factory.decode import decode_clip
-        from factory.synthetic import tag_color
+        from factory.io.corpus import read_corpus
+        from factory.io.decode import decode_clip
+        from factory.io.synthetic import tag_color
 
         root, meta = tiny_corpus
         p = preset("tiny")
@@ -229,7 +236,7 @@ def test_harder_world_knobs_are_in_the_files(tmp_path):
     occlusion; ground truth at each clip's own size and rate; deterministic."""
     import av
 
-    from factory.synthetic import TABLE1_WORLD, tag_color, tag_shape
+    from factory.io.synthetic import TABLE1_WORLD, tag_color, tag_shape
 
     cfg = TABLE1_WORLD.replace(num_tags=4, clips_per_tag=3, seconds=1.0, no_audio=0.3)
     meta = generate(str(tmp_path / "w"), cfg)
@@ -263,7 +270,7 @@ def test_harder_world_knobs_are_in_the_files(tmp_path):
 
 
 def test_holdout_is_stratified_seeded_and_never_takes_a_whole_tag():
-    from factory.feature_cache import holdout_keys
+    from factory.train.feature_cache import holdout_keys
 
     recs = [ClipRecord(f"{t}{i}", f"/x/{t}{i}.mp4", (t,)) for t in "abc" for i in range(5)]
     recs.append(ClipRecord("lonely", "/x/l.mp4", ("d",)))  # a tag with one clip stays in training

@@ -1,0 +1,359 @@
+"""The label job: tagged video in, a sharded pseudo-fixation dataset out (Ray Data).
+
+Stages: clip listing (driver) -> decode (CPU tasks) -> SCAM+ labelling (an actor pool:
+one actor per GPU, or CPU actors) -> exactly-once writer (tasks). Memory stays bounded
+whatever the corpus size: Ray Data streams clips with backpressure, a clip is the unit
+from decode to write, and the driver holds only the listing and one summary row per
+clip. A run killed at any moment and started again with the same arguments labels
+only what is not committed (see :mod:`factory.io.store`); at the end it checks
+``inputs = labelled clips + rejects`` and fails loudly on a mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from factory.config import Preset
+from factory.io import storage
+from factory.io.corpus import ClipRecord, Listing, read_corpus
+from factory.io.decode import DecodedClip
+from factory.io.rejects import ClipError
+from factory.io.store import ShardStore
+from factory.method.bundle import Bundle, load_bundle
+from factory.method.chunks import label_in_chunks
+from factory.method.pool import PoolEntries, build_sketch
+from factory.pipelines.sink import (
+    close_dataset,
+    consume,
+    export_pngs,
+    open_dataset,
+    write_batch,
+    write_run_record,
+)
+from factory.pipelines.stages import (
+    ModelStage,
+    decoded_through_actors,
+    default_actors,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_CPUS = 0.25  # per writer task
+
+
+@dataclass
+class LabelOptions:
+    corpus: str
+    bundle: str
+    out: str
+    split: str | None = None
+    ablation: bool = False
+    postprocess: str = "none"  # "authors": 5-frame smoothing, < 3 x mean -> 0 (every map)
+    confidence: str | None = None  # Eq. 2/3/8's C_X, "sigmoid" / "softmax"; None: the bundle's
+    no_source: str | None = None  # frames no source selects, "flat" / "average"; None: the bundle's
+    export_png: str | None = None
+    actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
+    batch_size: int = 4  # clips per labelling call (their frames are encoded together)
+    clips_per_shard: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    reject_silent: bool = False
+    tag_field: str = "tag"
+    address: str | None = None
+    decode_cpus: float = 0.5
+    actor_cpus: float = 1.0
+    gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
+    preview: bool = True
+    # where the Parquet maps live: "working" (the working resolution, the video
+    # letterboxed into it) or "source" (each video's own frame size); see factory.method.dataset
+    map_size: str = "working"
+
+
+@dataclass
+class LabelSummary:
+    out: str
+    inputs: int
+    labelled: int
+    rejected: int
+    frames: int
+    new_clips: int
+    seconds: float
+    frames_per_s: float
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- the actor
+
+
+class LabelActor(ModelStage):
+    """Ray Data actor: loads the bundle once, labels decoded clips (a batch's frames go
+    through the encoders together, :meth:`prepare`)."""
+
+    stage = "label"
+
+    def __init__(
+        self,
+        bundle_uri: str,
+        pool: dict[str, Any],
+        device: str,
+        dtype: str,
+        ablation: bool,
+        reject_silent: bool,
+        postprocess: str = "none",
+        confidence: str | None = None,
+        no_source: str | None = None,
+        map_size: str = "working",
+    ) -> None:
+        from factory.method.labeler import Labeler
+        from factory.method.pool import PoolSource
+
+        bundle = load_bundle(bundle_uri, verify=False)
+        self.labeler = Labeler(
+            bundle,
+            PoolSource(pool),
+            device=device,
+            dtype=dtype,
+            ablation=ablation,
+            postprocess=postprocess,
+            confidence=confidence,
+            no_source=no_source,
+        )
+        self.ablation = ablation
+        self.reject_silent = reject_silent
+        self.map_size = map_size
+
+    def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
+        from factory.method.dataset import labels_table, table_to_bytes
+
+        tags = list(record.tags)
+        if clip is not None:
+            self.check_audio(clip.has_audio)
+            labels = self.labeler.label(clip, tags)
+        else:  # longer than max_frames: chunk by chunk (factory.method.chunks)
+            labels = label_in_chunks(self.labeler, record, tags)
+            self.check_audio(labels.has_audio)
+        table = labels_table(labels, storage.redact(record.uri), self.ablation, self.map_size)
+        return table_to_bytes(table), {**labels.counters, "has_audio": labels.has_audio}
+
+    def check_audio(self, has_audio: bool) -> None:
+        if not has_audio and self.reject_silent:
+            raise ClipError(
+                "label",
+                "no audio stream",
+                "the run asks to reject clips without audio (--reject-silent); drop the flag to label it with S, ST, S+ and ST+",
+            )
+
+    def prepare(self, clips: list[DecodedClip]) -> None:
+        self.labeler.prepare(clips)  # fuller encoder batches (on a GPU above all)
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
+    """A pool clip's groups (only they are decoded: a clip of any length), or None."""
+    from factory.config import from_dict
+    from factory.train.prepare import record_pool_entries
+
+    preset = from_dict(json.loads(preset_json))
+    try:
+        record = ClipRecord.from_row(json.loads(record_json))
+        return record_pool_entries(record, preset.windows.pool_groups, preset)
+    except ClipError:
+        return None
+
+
+def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any]:
+    """The cross-term pool: bottom-k clips per tag (see :mod:`factory.method.pool`), decoded by
+    Ray tasks, each tag's entries put in the object store once. Returns tag -> ObjectRef."""
+    import ray
+
+    w = preset.windows
+    sketch = build_sketch(records, w.pool_clips, w.seed)
+    by_key = {r.key: r for r in records}
+    wanted = sorted({k for tag in sketch.heaps for k in sketch.candidates(tag)})
+    task = ray.remote(num_cpus=0.5)(_decode_pool_clip)
+    preset_json = preset.to_json()
+    refs = {k: task.remote(json.dumps(by_key[k].to_row()), preset_json) for k in wanted}
+    decoded = dict(zip(refs, ray.get(list(refs.values())), strict=True))
+    pool = {}
+    for tag in sketch.heaps:
+        chosen = [decoded[k] for k in sketch.candidates(tag) if decoded.get(k) is not None][
+            : w.pool_clips
+        ]
+        pool[tag] = ray.put(PoolEntries.concat(chosen))
+    log.info(
+        "cross-term pool: %d tags, %d clips decoded",
+        len(pool),
+        sum(v is not None for v in decoded.values()),
+    )
+    return pool
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run_label(opts: LabelOptions) -> LabelSummary:
+    from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
+
+    t_start = time.time()
+    # the inputs are checked before Ray starts (seconds on a laptop, minutes on a cluster)
+    storage.check_output_root(opts.out, "--out")
+    listing = read_corpus(opts.corpus, opts.split, opts.tag_field)
+    if listing.num_inputs == 0:
+        split = f" in split {opts.split!r}" if opts.split else ""
+        raise ValueError(
+            f"corpus {opts.corpus!r}: no clips{split}; check the corpus (and --split) or see --help"
+        )
+    bundle = load_bundle(opts.bundle)
+    listing = listing.restrict_to(bundle.vocabulary)
+    init_ray(opts.address)
+    store, todo = open_dataset(opts.out, listing)
+    log.info(
+        "label: %d inputs (%d clips, %d rejected at listing); %d already committed, %d to label",
+        listing.num_inputs,
+        len(listing.records),
+        len(listing.rejects),
+        len(listing.records) - len(todo),
+        len(todo),
+    )
+
+    new_frames = 0
+    counters: dict[str, int] = {}
+    label_s = 0.0
+    if todo:
+        gpus = cluster_gpus()
+        gpus_per_actor = (
+            opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+        )
+        actors = opts.actors or default_actors(gpus_per_actor)
+        needed = actors * opts.actor_cpus + opts.decode_cpus + WRITE_CPUS
+        if needed > cluster_cpus():  # an autoscaling cluster may still grow: warn, go on
+            log.warning(
+                "label stage: %d actor(s) x %.2g CPU + decode %.2g + write %.2g = %.2g CPUs, but "
+                "the cluster has %.0f now: decoding waits until CPUs are added. Remedy: fewer "
+                "--actors, a smaller --actor-cpus, or more CPUs",
+                actors,
+                opts.actor_cpus,
+                opts.decode_cpus,
+                WRITE_CPUS,
+                needed,
+                cluster_cpus(),
+            )
+        pool = build_label_pool(listing.records, bundle.preset)
+        ds = decoded_through_actors(
+            todo,
+            bundle.preset.to_json(),
+            LabelActor,
+            {
+                "bundle_uri": opts.bundle,
+                "pool": pool,
+                "device": opts.device,
+                "dtype": opts.dtype,
+                "ablation": opts.ablation,
+                "reject_silent": opts.reject_silent,
+                "postprocess": opts.postprocess,
+                "confidence": opts.confidence,
+                "no_source": opts.no_source,
+                "map_size": opts.map_size,
+            },
+            actors,
+            gpus_per_actor,
+            batch_size=opts.batch_size,
+            actor_cpus=opts.actor_cpus,
+            decode_cpus=opts.decode_cpus,
+            chunked=True,
+        )
+        ds = ds.map_batches(
+            write_batch,
+            batch_size=opts.clips_per_shard,
+            num_cpus=WRITE_CPUS,
+            fn_kwargs={"root": opts.out},
+        )
+        log.info(
+            "labelling %d clips with %d actor(s) (%s GPU each)", len(todo), actors, gpus_per_actor
+        )
+        new_frames, counters, label_s = consume(ds, len(todo))
+
+    summary = finish(
+        opts, listing, store, bundle, new_frames, len(todo), label_s, counters, t_start
+    )
+    return summary
+
+
+def finish(
+    opts: LabelOptions,
+    listing: Listing,
+    store: ShardStore,
+    bundle: Bundle,
+    new_frames: int,
+    new_clips: int,
+    label_s: float,
+    counters: dict[str, int],
+    t_start: float,
+) -> LabelSummary:
+    """Accounting, manifest, rejects table, run record, preview, PNG export."""
+    closed = close_dataset(opts.out, listing, store, "labelled")
+    manifest, labelled = closed.manifest, closed.committed
+    seconds = time.time() - t_start
+    summary = LabelSummary(
+        out=opts.out,
+        inputs=closed.inputs,
+        labelled=len(labelled),
+        rejected=len(closed.rejected),
+        frames=manifest["rows"],
+        new_clips=new_clips,
+        seconds=round(seconds, 2),
+        frames_per_s=round(new_frames / label_s, 2) if label_s > 0 else 0.0,
+        reject_reasons=closed.reasons,
+        counters=counters,
+    )
+    from factory.method.bundle import code_version
+
+    run_record = {
+        "job": "label",
+        "arguments": dataclasses.asdict(opts),
+        "code_version": code_version(),
+        "bundle": {
+            "uri": opts.bundle,
+            "fingerprint": bundle.fingerprint(),
+            "hashes": bundle.hashes,
+            "cgcn": dataclasses.asdict(bundle.cgcn),
+        },
+        "vocabulary": bundle.vocabulary,
+        "summary": summary.to_dict(),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_run_record(opts.out, run_record)
+    if opts.preview and labelled:
+        try:
+            from factory.evaluation.preview import write_preview
+
+            write_preview(opts.out, listing, bundle.preset, storage.join(opts.out, "preview.png"))
+        except Exception as err:  # a preview is a convenience; it never fails the run
+            log.warning("preview not written: %s", err)
+    if opts.export_png:
+        n = export_pngs(opts.out, manifest, opts.export_png)
+        log.info("exported %d PNG maps under %s", n, opts.export_png)
+    return summary
+
+
+def read_dataset(root: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed rows of a dataset written by this job (via its manifest)."""
+    from factory.io.store import read_parquet
+
+    manifest = storage.read_json(storage.join(root, "_manifest.json"))
+    tables = [read_parquet(storage.join(root, s["file"]), columns) for s in manifest["shards"]]
+    return pa.concat_tables(tables) if tables else pa.table({})

@@ -1,0 +1,482 @@
+"""Where the train and distil jobs' work runs: building a feature cache (decode, an
+encoder actor, commit) and fitting nets, on a Ray cluster or in this process.
+
+:class:`RayExecutor` builds a cache with Ray Data (decode tasks, an actor pool of the
+caller's cache actor, writer tasks) and fits the nets of a phase concurrently, one
+TorchTrainer each launched by a Ray Tune driver function with a grid over the names
+(``Tuner(TorchTrainer)`` does not work in Ray 2.60). :class:`LocalExecutor` does the same
+in this process with plain PyTorch (a GPU box without Ray, fast tests): the same cache
+files, the same per-net training (:func:`factory.train.nets.train_net`, which serves the
+classification nets, the encoder pretraining and the students alike) and the same
+checkpoint folders, so a run started one way resumes the other way.
+
+Both take an :class:`factory.config.ExecutionConfig` (the train, distil and ablate jobs'
+options carry one); :class:`RayExecutor` also the cluster's address.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from factory.config import ExecutionConfig, Preset, from_dict
+from factory.io import storage
+from factory.io.corpus import ClipRecord, Listing
+from factory.io.rejects import Reject
+from factory.pipelines.stages import OK, decoded_through_actors, default_actors, from_batch
+from factory.train.feature_cache import (
+    batch_rows,
+    cache_row,
+    cached_keys,
+    holdout_keys,
+    write_cache,
+)
+
+log = logging.getLogger(__name__)
+
+CLIPS_PER_READ = 4  # cache rows per Ray Data batch in the trainers
+SHUFFLE_CLIPS = 16  # local shuffle buffer of the trainers' data iterators
+DATA_TASK_CPUS = 0.05  # read tasks of the trainers' datasets: tiny, so trainers never starve them
+TRIAL_DRIVER_CPUS = 0.001  # a Tune trial here only launches a TorchTrainer and waits
+DATA_RESERVE_CPUS = 1.0  # kept free for the trainers' Ray Data tasks
+KEEP_CHECKPOINTS = 2  # per net, in both executors
+
+
+# ---------------------------------------------------------------- the feature cache
+
+
+def write_cache_batch(
+    batch: dict[str, np.ndarray], cache_dir: str, vocabulary: list[str], holdout: list[str]
+) -> dict[str, np.ndarray]:
+    """Ray Data function: commit a batch of cache rows (train and holdout roles in their
+    own folders) and the batch's rejects."""
+    rows = {"train": [], "holdout": []}
+    held_out = set(holdout)
+    rejects = []
+    for r in from_batch(batch):
+        rec = ClipRecord.from_row(json.loads(r["record"]))
+        if r["status"] != OK:
+            rejects.append(
+                Reject(
+                    r["key"],
+                    r["stage"],
+                    r["reason"],
+                    r["remedy"],
+                    storage.redact(rec.uri),
+                    rec.split,
+                )
+            )
+            continue
+        info = json.loads(r["info"])
+        role = "holdout" if rec.key in held_out else "train"
+        rows[role].append(
+            cache_row(
+                rec,
+                [vocabulary.index(t) for t in rec.tags],
+                role,
+                info["has_audio"],
+                info["n_frames"],
+                r["payload"],
+            )
+        )
+    for role, items in rows.items():
+        write_cache(items, [], storage.join(cache_dir, role))
+    write_cache([], rejects, cache_dir)
+    return {"key": batch["key"], "status": batch["status"]}
+
+
+def cache_todo(listing: Listing, cache_dir: str) -> tuple[list[ClipRecord], int, int]:
+    """Clips still to cache (resumable: cached or rejected clips are skipped)."""
+    done = set()
+    for role in ("train", "holdout"):
+        keys, _ = cached_keys(storage.join(cache_dir, role))
+        done |= keys
+    _, rejected = cached_keys(cache_dir)
+    return (
+        [r for r in listing.records if r.key not in done and r.key not in rejected],
+        len(done),
+        len(rejected),
+    )
+
+
+def cache_writer_kwargs(
+    cache_dir: str, vocabulary: list[str], preset: Preset, records: list[ClipRecord]
+) -> dict[str, Any]:
+    """Arguments of :func:`write_cache_batch`; the held-out clips are chosen from the whole
+    listing (not the clips still to do) so a resumed run holds out the same clips."""
+    return {
+        "cache_dir": cache_dir,
+        "vocabulary": vocabulary,
+        "holdout": holdout_keys(records, preset.train.holdout_fraction, preset.train.seed),
+    }
+
+
+# ---------------------------------------------------------------- the train loop
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train loop for one net (every rank runs it): data from the dataset shards,
+    checkpoints through ``ray.train.report``; the training itself is
+    :func:`factory.train.nets.train_net`."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from factory.train.nets import train_net
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
+    seed = from_dict(config["preset"]).train.seed
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def train_rows(epoch: int) -> Any:
+        for batch in train_shard.iter_batches(
+            batch_size=CLIPS_PER_READ,
+            batch_format="numpy",
+            local_shuffle_buffer_size=SHUFFLE_CLIPS,
+            local_shuffle_seed=seed + epoch,
+        ):
+            yield from batch_rows(batch)
+
+    def val_rows() -> Any:
+        shard = ray.train.get_dataset_shard("val")
+        for batch in (
+            shard.iter_batches(batch_size=CLIPS_PER_READ, batch_format="numpy")
+            if shard is not None
+            else []
+        ):
+            yield from batch_rows(batch)
+
+    def save(state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            if state is not None:
+                torch.save(state, os.path.join(d, "state.pt"))
+            ray.train.report(
+                {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
+                checkpoint=Checkpoint.from_directory(d) if state is not None else None,
+            )
+
+    has_val = "val" in config.get("datasets", [])
+    train_net(
+        config,
+        train_rows,
+        val_rows if has_val else None,
+        device,
+        state,
+        save,
+        rank,
+        ray.train.torch.prepare_model if world > 1 else None,
+    )
+
+
+# ---------------------------------------------------------------- the Tune driver
+
+
+def net_trial(config: dict[str, Any]) -> None:
+    """Ray Tune trial function: build and fit one net's TorchTrainer."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    name = config["net"]
+    common = config["common"]
+    files = {role: common["cache"][role] for role in ("train", "holdout")}
+    datasets = {}
+    for split, role in (("train", "train"), ("val", "holdout")):
+        if files[role]:
+            datasets[split] = ray.data.read_parquet(
+                files[role],
+                ray_remote_args={"num_cpus": DATA_TASK_CPUS},
+                override_num_blocks=max(1, len(files[role])),
+            )
+    if name.startswith("audio@"):  # the taggers train on train-role clips only, split by fold
+        datasets.pop("val", None)
+    loop_config = {
+        **{k: v for k, v in common.items() if k != "cache"},
+        "net": name,
+        "datasets": sorted(datasets),
+    }
+    resources = {"CPU": common["cpus_per_worker"]}
+    if common["gpus_per_net"] > 0:
+        resources["GPU"] = common["gpus_per_net"] / common["workers_per_net"]
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=common["workers_per_net"],
+            use_gpu=common["gpus_per_net"] > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=name.replace("+", "plus").replace("@", "-"),
+            storage_path=storage.ray_storage(common["checkpoints"])[0],
+            storage_filesystem=storage.ray_storage(common["checkpoints"])[1],
+            failure_config=FailureConfig(max_failures=common["max_failures"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    trainer.fit()
+
+
+def latest_state(run_path: str) -> dict[str, Any] | None:
+    """The newest checkpoint state under a net's folder (Ray Train's or the local executor's)."""
+    ckpts = [
+        d
+        for d in storage.listdir(run_path)
+        if d.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+    ]
+    best = None
+    for d in ckpts:
+        uri = storage.join(d, "state.pt")
+        if storage.exists(uri):
+            state = torch.load(
+                io.BytesIO(storage.read_bytes(uri)),
+                map_location="cpu",
+                weights_only=False,
+            )
+            if best is None or state["epoch"] > best["epoch"]:
+                best = state
+    return best
+
+
+def local_checkpointer(folder: str) -> Any:
+    """The local executor's ``save(state, metrics)``: one ``checkpoint_local_<epoch>``
+    folder per epoch, the newest ``KEEP_CHECKPOINTS`` kept (Ray Train's layout)."""
+
+    def save(state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+        if state is None:
+            return
+        storage.save_torch(
+            state, storage.join(folder, f"checkpoint_local_{state['epoch']:05d}", "state.pt")
+        )
+        local = sorted(d for d in storage.listdir(folder) if "checkpoint_local_" in d)
+        for old in local[:-KEEP_CHECKPOINTS]:
+            storage.remove(old)
+
+    return save
+
+
+def net_dir(checkpoints: str, name: str) -> str:
+    return storage.join(checkpoints, name.replace("+", "plus").replace("@", "-"))
+
+
+def collect_states(
+    names: tuple[str, ...], phase: str, checkpoints: str
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in names:
+        state = latest_state(net_dir(checkpoints, name))
+        if state is None:
+            raise RuntimeError(
+                f"{phase}: net {name} left no checkpoint under {net_dir(checkpoints, name)}"
+            )
+        out[name] = state
+    return out
+
+
+class RayExecutor:
+    """Each phase on the Ray cluster: caches with Ray Data (decode tasks, an encoder actor
+    pool, writer tasks), nets with one TorchTrainer each under a Tune grid."""
+
+    name = "ray"
+
+    def __init__(self, execution: ExecutionConfig, address: str | None = None) -> None:
+        from factory.pipelines.cluster import init_ray
+
+        self.execution = execution
+        init_ray(address)
+
+    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        return {tag: ray.put(e) for tag, e in entries.items()}
+
+    def build_cache(
+        self,
+        what: str,
+        listing: Listing,
+        cache_dir: str,
+        preset: Preset,
+        vocab: list[str],
+        actor: type,
+        actor_kwargs: dict[str, Any],
+    ) -> dict[str, int]:
+        """Cache every clip of ``listing`` not yet cached or rejected: decode tasks, a pool
+        of ``actor(**actor_kwargs)`` (decoded clip batch -> cache rows), writer tasks."""
+        from factory.pipelines.cluster import cluster_gpus
+
+        todo, done, rejected = cache_todo(listing, cache_dir)
+        if not todo:
+            log.info("%s cache complete (%d clips, %d rejects)", what, done, rejected)
+            return {"clips": done, "rejects": rejected}
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+        ds = decoded_through_actors(
+            todo,
+            preset.to_json(),
+            actor,
+            actor_kwargs,
+            self.execution.encode_actors or default_actors(gpus),
+            gpus,
+        )
+        ds = ds.map_batches(
+            write_cache_batch,
+            batch_size=8,
+            num_cpus=0.25,
+            fn_kwargs=cache_writer_kwargs(cache_dir, vocab, preset, listing.records),
+        )
+        t0 = time.time()
+        n = bad = 0
+        for row in ds.iter_rows():
+            n += 1
+            bad += row["status"] != OK
+        log.info("%s cache: %d clips in %.1f s (%d rejected)", what, n, time.time() - t0, bad)
+        return {"clips": done + n - bad, "rejects": rejected + bad}
+
+    def fit_nets(
+        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
+        from ray import tune
+
+        from factory.pipelines.cluster import cluster_cpus
+
+        opts = self.execution
+        # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
+        # feed the trainers (on 2 CPUs, trainers that took every CPU starved their own
+        # data); the rest is shared by the nets of the phase, so all of them run at once.
+        cpus = cluster_cpus()
+        trainer_cpus = max(cpus - DATA_RESERVE_CPUS, 0.1 * len(names))
+        per_worker = opts.cpus_per_worker or max(
+            0.01, round(trainer_cpus / (len(names) * max(opts.workers_per_net, 1)) - 0.005, 3)
+        )
+        concurrent = opts.max_concurrent or max(
+            1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
+        )
+        common = {
+            **common,
+            "cpus_per_worker": per_worker,
+            "workers_per_net": opts.workers_per_net,
+            "gpus_per_net": opts.gpus_per_net,
+            "max_failures": opts.max_failures,
+        }
+        log.info(
+            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
+            phase,
+            ", ".join(names),
+            concurrent,
+            per_worker,
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
+            param_space={"net": tune.grid_search(list(names)), "common": common},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name=f"{phase}-{int(time.time())}",
+                storage_path=storage.ray_storage(common["tune_dir"])[0],
+                storage_filesystem=storage.ray_storage(common["tune_dir"])[1],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+        for result in tuner.fit():
+            if result.error:
+                raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
+        return collect_states(names, phase, common["checkpoints"])
+
+
+class LocalExecutor:
+    """Each phase in this process, plain PyTorch, no Ray (for a GPU box without Ray, and
+    for fast tests): the same cache files, the same per-net training
+    (:func:`factory.train.nets.train_net`), the same checkpoint folders, one net
+    after another."""
+
+    name = "local"
+
+    def __init__(self, execution: ExecutionConfig) -> None:
+        self.execution = execution
+
+    def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
+        return entries
+
+    def build_cache(
+        self,
+        what: str,
+        listing: Listing,
+        cache_dir: str,
+        preset: Preset,
+        vocab: list[str],
+        actor: type,
+        actor_kwargs: dict[str, Any],
+    ) -> dict[str, int]:
+        from factory.pipelines.stages import decode_row, to_batch
+
+        todo, done, rejected = cache_todo(listing, cache_dir)
+        if not todo:
+            return {"clips": done, "rejects": rejected}
+        encode = actor(**actor_kwargs)
+        bad = 0
+        for start in range(0, len(todo), 8):
+            rows = [
+                decode_row(
+                    {"key": r.key, "record": json.dumps(r.to_row())},
+                    preset.frames,
+                    preset.spectrogram,
+                )
+                for r in todo[start : start + 8]
+            ]
+            out = encode(to_batch(rows))
+            write_cache_batch(out, **cache_writer_kwargs(cache_dir, vocab, preset, listing.records))
+            bad += int((out["status"] != OK).sum())
+        log.info("%s cache: %d clips (%d rejected)", what, len(todo), bad)
+        return {"clips": done + len(todo) - bad, "rejects": rejected + bad}
+
+    def fit_nets(
+        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        from factory.io.store import read_parquet
+        from factory.method.encoding import resolve_device
+        from factory.train.nets import train_net
+
+        device = resolve_device("auto")
+        files = common["cache"]
+        for name in names:
+            folder = net_dir(common["checkpoints"], name)
+            storage.makedirs(folder)
+
+            def train_rows(epoch: int) -> Any:
+                for f in files["train"]:
+                    yield from read_parquet(f).to_pylist()
+
+            def val_rows() -> Any:
+                for f in files["holdout"]:
+                    yield from read_parquet(f).to_pylist()
+
+            config = {**{k: v for k, v in common.items() if k != "cache"}, "net": name}
+            log.info("%s: fitting %s in this process", phase, name)
+            train_net(
+                config,
+                train_rows,
+                val_rows if files["holdout"] else None,
+                device,
+                latest_state(folder),
+                local_checkpointer(folder),
+            )
+        return collect_states(names, phase, common["checkpoints"])
