@@ -143,6 +143,21 @@ class ClipLabels:
         )
 
 
+@dataclass
+class TagLabels:
+    """One tag's share of a clip's labels, between :meth:`Labeler.fuse_tag` and
+    :meth:`Labeler.clip_labels`: its SCAM+ (T, H, W), its weight in the multi-tag rule
+    (T,), the selected confidences of the 11 sources (T, 11), its coarse boxes and their
+    fallbacks, and the ``--ablation`` variants."""
+
+    scam_plus: torch.Tensor
+    weight: torch.Tensor
+    selected: torch.Tensor
+    boxes: torch.Tensor | None = None
+    box_fallback: torch.Tensor | None = None
+    ablation: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Labeler:
     """``Labeler(bundle, pool).label(clip, tags)`` -> :class:`ClipLabels`."""
 
@@ -369,134 +384,212 @@ class Labeler:
         span: Span | None = None,
         own: slice = slice(None),
     ) -> ClipLabels:
-        """SCAM+ for every frame of ``clip`` and each of its ``tags``. A chunk of a longer
-        clip (:mod:`factory.method.chunks`) comes with its ``span`` and the rows it ``own``s
-        (the others are context on either side); only those are returned and counted."""
+        """SCAM+ for every frame of ``clip`` and each of its ``tags``, in five steps:
+        encode the frames once; per tag, the coarse SCAM and its box (:meth:`coarse_scam`),
+        the fine CAMs on the box's crops (:meth:`fine_stage`), the ``+`` CAMs through the
+        C-GCN (:meth:`plus_stage`) and their fusion by Eq. 8 (:meth:`fuse_tag`); then the
+        tags' maps combined into the clip's rows (:meth:`clip_labels`). A chunk of a longer
+        clip (:mod:`factory.method.chunks`) comes with its ``span`` and the rows it
+        ``own``s (the others are context on either side); only those are returned and
+        counted."""
         if not tags:
             raise ValueError(f"clip {clip.key!r}: no tags to label with")
         feats, frames = self.encode_clip(clip)
-        t = frames.shape[0]
         size = (frames.shape[-2], frames.shape[-1])
-        has_audio = clip.has_audio
         counters = {"box_fallbacks": 0, "cross_missing": 0, "frames_without_source": 0}
         coarse_cache: dict = {}
         plus_cache: dict = {}
-        zeros_map = torch.zeros(t, *size, device=self.device)
-
-        per_tag_maps, per_tag_weight, per_tag_conf, boxes_all, fallback_all = [], [], [], [], []
-        ablation: dict[str, list[torch.Tensor]] = {k: [] for k in ABLATION_MAPS}
+        per_tag: list[TagLabels] = []
         tag_ids = [self.bundle.tag_index(tag) for tag in tags]
         for tag, i in zip(tags, tag_ids, strict=True):
             others = [j for j in tag_ids if j != i]
-            idx = torch.full((t,), i, dtype=torch.long, device=self.device)
-            cams_c, confs_c, scam_coarse = self.coarse_scam(
-                feats, clip.key, has_audio, i, size, coarse_cache, others
+            idx = torch.full((frames.shape[0],), i, dtype=torch.long, device=self.device)
+            cams_c, _, scam_coarse = self.coarse_scam(
+                feats, clip.key, clip.has_audio, i, size, coarse_cache, others
             )
             boxes, fell_back = eq.coarse_box(scam_coarse)
             counters["box_fallbacks"] += int(fell_back[own].sum())
-            fine = {**feats, **self.fine_features(frames, boxes)}
-            no_conf = torch.zeros_like(confs_c[:, 0])
-            cams_f, confs_f = [], []
-            for name in ("S_fine", "ST_fine", "SA_fine"):
-                if name == "SA_fine" and not has_audio:
-                    cams_f.append(zeros_map)
-                    confs_f.append(no_conf)
-                    continue
-                maps, conf, _ = self.run_net(name, fine, clip.key, stage="fine")
-                cams_f.append(eq.paste_back(eq.class_activation_map(maps, idx), boxes, size))
-                confs_f.append(conf)
-            cams_f_t, confs_f_t = torch.stack(cams_f, 1), for_tag(torch.stack(confs_f, 1), others)
-            cams_p, confs_p = [], []  # the + CAMs stay at their own resolution (Eq. 8 below)
-            for n, term in PLUS_PAIRS:
-                if n == "SA+" and not has_audio:
-                    cams_p.append(torch.zeros_like(cams_p[0]))
-                    confs_p.append(no_conf)
-                    continue
-                cache_key = (n, term, tag if term == "cross" else None)
-                if cache_key not in plus_cache:
-                    pool = self.pool_features(tag) if term == "cross" else None
-                    maps, conf, valid = self.run_net(
-                        plus_net(n, term, self.bundle.preset.plus_weights),
-                        feats,
-                        clip.key,
-                        term=term,
-                        pool=pool,
-                        span=span,
-                    )
-                    if term == "cross":
-                        counters["cross_missing"] += int((~valid)[own].sum())
-                    plus_cache[cache_key] = (maps, conf * valid[:, None])
-                maps, conf = plus_cache[cache_key]
-                cams_p.append(eq.class_activation_map(maps, idx))
-                confs_p.append(conf)
-            all_confs = torch.cat([confs_f_t, for_tag(torch.stack(confs_p, 1), others)], dim=1)
-            selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
-            per_tag_maps.append(
-                eq.scam_plus(
-                    cams_f_t,
-                    all_confs,
-                    idx,
-                    low_res=torch.stack(cams_p, 1),
-                    no_source=self.no_source,
-                )
+            cams_f, confs_f = self.fine_stage(feats, frames, boxes, clip, idx, size, others)
+            cams_p, confs_p = self.plus_stage(
+                feats, clip, tag, idx, span, own, counters, plus_cache
             )
-            per_tag_weight.append(eq.no_source_fallback(selected, self.no_source).sum(1))
-            per_tag_conf.append(selected)
-            boxes_all.append(boxes)
-            fallback_all.append(fell_back)
-            counters["frames_without_source"] += int((selected.sum(1) == 0)[own].sum())
+            tag_labels = self.fuse_tag(cams_f, confs_f, cams_p, confs_p, idx, others)
+            tag_labels.boxes, tag_labels.box_fallback = boxes, fell_back
+            counters["frames_without_source"] += int((tag_labels.selected.sum(1) == 0)[own].sum())
             if self.ablation:
-                n_src = 3 if has_audio else 2  # SA takes no part without audio
-                n_pairs = len(PLUS_PAIRS) if has_audio else len(PLUS_PAIRS) - 2
-                cams_up = F.interpolate(
-                    torch.stack(cams_p, 1), size=size, mode="bilinear", align_corners=False
-                ).clamp(0, 1)
-                confs_p_t = for_tag(torch.stack(confs_p, 1), others)
-                variants = {
-                    "cam_s": cams_c[:, 0],
-                    "cam_st": cams_c[:, 1],
-                    "cam_sa": cams_c[:, 2],
-                    "ac": eq.average_cam(cams_c[:, :n_src]),
-                    "scam_coarse": scam_coarse,
-                    "cam_s_fine": cams_f_t[:, 0],
-                    "cam_st_fine": cams_f_t[:, 1],
-                    "cam_sa_fine": cams_f_t[:, 2],
-                    "ac_fine": eq.average_cam(cams_f_t[:, :n_src]),
-                    "scam_fine": eq.scam(cams_f_t, confs_f_t, idx, no_source=self.no_source),
-                    **{name: cams_up[:, k] for k, name in enumerate(PAIR_MAPS)},
-                    "cam_prime": eq.average_cam(cams_up[:, :n_pairs]),
-                    "scam_prime": eq.scam(cams_up, confs_p_t, idx, no_source=self.no_source),
-                }
-                for name, value in variants.items():
-                    ablation[name].append(value)
+                tag_labels.ablation = self.ablation_variants(
+                    cams_c,
+                    scam_coarse,
+                    cams_f,
+                    confs_f,
+                    cams_p,
+                    confs_p,
+                    idx,
+                    others,
+                    clip.has_audio,
+                )
+            per_tag.append(tag_labels)
+        return self.clip_labels(clip, tags, per_tag, feats, size, counters).frames(own)
 
-        weights = torch.stack(per_tag_weight, 1)  # (T, tags)
-        conf_mean = torch.stack(per_tag_conf, 0).mean(0)  # (T, 11)
-        boxes_u = torch.stack(boxes_all, 0)
+    def fine_stage(
+        self,
+        feats: dict[str, torch.Tensor],
+        frames: torch.Tensor,
+        boxes: torch.Tensor,
+        clip: DecodedClip,
+        idx: torch.Tensor,
+        size: tuple[int, int],
+        others: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fine nets on the coarse box's crops: their CAMs pasted back into the frame
+        (T, 3, H, W) and their confidences as Eq. 3 sees them for this tag (T, 3, classes).
+        Without audio SA takes no part (a zero map, zero confidence)."""
+        fine = {**feats, **self.fine_features(frames, boxes)}
+        cams, confs = [], []
+        for name in ("S_fine", "ST_fine", "SA_fine"):
+            if name == "SA_fine" and not clip.has_audio:
+                cams.append(torch.zeros(frames.shape[0], *size, device=self.device))
+                confs.append(torch.zeros_like(confs[0]))
+                continue
+            maps, conf, _ = self.run_net(name, fine, clip.key, stage="fine")
+            cams.append(eq.paste_back(eq.class_activation_map(maps, idx), boxes, size))
+            confs.append(conf)
+        return torch.stack(cams, 1), for_tag(torch.stack(confs, 1), others)
+
+    def plus_stage(
+        self,
+        feats: dict[str, torch.Tensor],
+        clip: DecodedClip,
+        tag: str,
+        idx: torch.Tensor,
+        span: Span | None,
+        own: slice,
+        counters: dict[str, int],
+        plus_cache: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eight ``+`` pairs' CAMs at their own resolution (T, 8, h, w) and raw
+        confidences (T, 8, classes); a cross-term frame without a pool group counts as
+        ``cross_missing`` and gets zero confidence. A pair's maps do not depend on the tag
+        except through the cross term's pool, so they are cached across the clip's tags."""
+        cams, confs = [], []
+        for n, term in PLUS_PAIRS:
+            if n == "SA+" and not clip.has_audio:
+                cams.append(torch.zeros_like(cams[0]))
+                confs.append(torch.zeros_like(confs[0]))
+                continue
+            cache_key = (n, term, tag if term == "cross" else None)
+            if cache_key not in plus_cache:
+                pool = self.pool_features(tag) if term == "cross" else None
+                maps, conf, valid = self.run_net(
+                    plus_net(n, term, self.bundle.preset.plus_weights),
+                    feats,
+                    clip.key,
+                    term=term,
+                    pool=pool,
+                    span=span,
+                )
+                if term == "cross":
+                    counters["cross_missing"] += int((~valid)[own].sum())
+                plus_cache[cache_key] = (maps, conf * valid[:, None])
+            maps, conf = plus_cache[cache_key]
+            cams.append(eq.class_activation_map(maps, idx))
+            confs.append(conf)
+        return torch.stack(cams, 1), torch.stack(confs, 1)
+
+    def fuse_tag(
+        self,
+        cams_f: torch.Tensor,
+        confs_f: torch.Tensor,
+        cams_p: torch.Tensor,
+        confs_p: torch.Tensor,
+        idx: torch.Tensor,
+        others: list[int],
+    ) -> TagLabels:
+        """Eq. 8 for one tag: SCAM+ over the three fine and eight ``+`` sources, the
+        selected confidences (Eq. 3) and the tag's weight in the multi-tag rule."""
+        all_confs = torch.cat([confs_f, for_tag(confs_p, others)], dim=1)
+        selected = eq.soft_filter(all_confs, idx[:, None].expand(-1, all_confs.shape[1]))
+        scam_plus = eq.scam_plus(cams_f, all_confs, idx, low_res=cams_p, no_source=self.no_source)
+        weight = eq.no_source_fallback(selected, self.no_source).sum(1)
+        return TagLabels(scam_plus, weight, selected)
+
+    def ablation_variants(
+        self,
+        cams_c: torch.Tensor,
+        scam_coarse: torch.Tensor,
+        cams_f: torch.Tensor,
+        confs_f: torch.Tensor,
+        cams_p: torch.Tensor,
+        confs_p: torch.Tensor,
+        idx: torch.Tensor,
+        others: list[int],
+        has_audio: bool,
+    ) -> dict[str, torch.Tensor]:
+        """``--ablation``: every pseudo-ground-truth variant of Table 1 for one tag."""
+        size = tuple(scam_coarse.shape[-2:])
+        n_src = 3 if has_audio else 2  # SA takes no part without audio
+        n_pairs = len(PLUS_PAIRS) if has_audio else len(PLUS_PAIRS) - 2
+        cams_up = F.interpolate(cams_p, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+        return {
+            "cam_s": cams_c[:, 0],
+            "cam_st": cams_c[:, 1],
+            "cam_sa": cams_c[:, 2],
+            "ac": eq.average_cam(cams_c[:, :n_src]),
+            "scam_coarse": scam_coarse,
+            "cam_s_fine": cams_f[:, 0],
+            "cam_st_fine": cams_f[:, 1],
+            "cam_sa_fine": cams_f[:, 2],
+            "ac_fine": eq.average_cam(cams_f[:, :n_src]),
+            "scam_fine": eq.scam(cams_f, confs_f, idx, no_source=self.no_source),
+            **{name: cams_up[:, k] for k, name in enumerate(PAIR_MAPS)},
+            "cam_prime": eq.average_cam(cams_up[:, :n_pairs]),
+            "scam_prime": eq.scam(cams_up, for_tag(confs_p, others), idx, no_source=self.no_source),
+        }
+
+    def clip_labels(
+        self,
+        clip: DecodedClip,
+        tags: Sequence[str],
+        per_tag: list[TagLabels],
+        feats: dict[str, torch.Tensor],
+        size: tuple[int, int],
+        counters: dict[str, int],
+    ) -> ClipLabels:
+        """The tags' maps combined (:func:`combine_tags`), with the clip's boxes (the union
+        over tags), confidences (the mean over tags), the audio switch's gate and the
+        counters; zero on the letterbox bands."""
+        weights = torch.stack([p.weight for p in per_tag], 1)  # (T, tags)
+        conf_mean = torch.stack([p.selected for p in per_tag], 0).mean(0)  # (T, 11)
+        boxes_u = torch.stack([p.boxes for p in per_tag], 0)
         union = torch.cat([boxes_u[..., :2].amin(0), boxes_u[..., 2:].amax(0)], dim=-1)
         on_frame = torch.from_numpy(content_mask(clip.source_size, size)).to(self.device)
         result = ClipLabels(
             key=clip.key,
             tags=list(tags),
             times=clip.times,
-            maps=self._finish(combine_tags(torch.stack(per_tag_maps, 1), weights), on_frame),
+            maps=self._finish(
+                combine_tags(torch.stack([p.scam_plus for p in per_tag], 1), weights), on_frame
+            ),
             boxes=union.cpu().numpy().astype(np.float32),
-            box_fallback=torch.stack(fallback_all, 0).any(0).cpu().numpy(),
+            box_fallback=torch.stack([p.box_fallback for p in per_tag], 0).any(0).cpu().numpy(),
             confidences={
                 s: conf_mean[:, k].cpu().numpy().astype(np.float32) for k, s in enumerate(SOURCES)
             },
             gate=feats["gate"].bool().cpu().numpy(),
-            has_audio=has_audio,
+            has_audio=clip.has_audio,
             counters=counters,
             source_size=tuple(clip.source_size),
             audio_stream=clip.audio_stream,
         )
         if self.ablation:
             result.ablation = {
-                k: self._finish(combine_tags(torch.stack(v, 1), weights), on_frame)
-                for k, v in ablation.items()
+                k: self._finish(
+                    combine_tags(torch.stack([p.ablation[k] for p in per_tag], 1), weights),
+                    on_frame,
+                )
+                for k in ABLATION_MAPS
             }
-        return result.frames(own)
+        return result
 
     def _finish(self, maps: torch.Tensor, on_frame: torch.Tensor) -> np.ndarray:
         """A clip's maps of one variant (T, H, W) as float32: zero on the letterbox bands
