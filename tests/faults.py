@@ -165,3 +165,18 @@ print("RESULT " + json.dumps({"removed": removed.get("node"), "labelled": summar
 ray.shutdown()
 cluster.shutdown()
 """
+
+
+def kill_worker_once(net: str, epoch: int, run_dir: str, victim: str, after_epoch: int) -> None:
+    """SIGKILL this training worker when ``victim`` has checkpointed ``after_epoch``, once
+    per run (a marker file in the run folder says it happened)."""
+    marker = os.path.join(run_dir, ".injected_failure")
+    if net == victim and epoch == after_epoch and not os.path.exists(marker):
+        open(marker, "w").close()
+        print(f"{net}: injected failure (SIGKILL of this worker) after epoch {epoch}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_s_after_epoch_1(net: str, epoch: int, run_dir: str) -> None:
+    """The train job's ``epoch_hook`` in tests/test_train_ray.py."""
+    kill_worker_once(net, epoch, run_dir, "S", 1)

@@ -26,7 +26,9 @@ def test_train_job_on_ray(tmp_path, ray_session):
         out=str(tmp_path / "bundle"),
         epochs=4,
         pretrain_epochs=15,
-        inject_failure="S:1",  # SIGKILL the S net's worker once, after its epoch 1
+        # SIGKILL the S net's worker once, after its epoch 1 (imported by the worker:
+        # the repository root is on the workers' PYTHONPATH)
+        epoch_hook="tests.faults:kill_s_after_epoch_1",
         # 3 shared + nets instead of the default 8: this test is about concurrent
         # TorchTrainers and resuming, and 2 cores start 7 of them faster than 12
         plus_weights="type",
@@ -59,3 +61,14 @@ def test_train_job_on_ray(tmp_path, ray_session):
     # a rerun of the finished run is a no-op returning the same bundle
     again = run_train(opts)
     assert again["skipped"] and load_bundle(opts.out).hashes == bundle.hashes
+
+
+def test_an_epoch_hook_is_named_module_colon_function():
+    from factory.train.nets import import_callable
+
+    hook = import_callable("tests.faults:kill_s_after_epoch_1")
+    assert hook.__name__ == "kill_s_after_epoch_1"
+    with pytest.raises(ValueError, match="module:function"):
+        import_callable("tests.faults.kill_s_after_epoch_1")
+    with pytest.raises(ValueError, match="cannot import"):
+        import_callable("tests.faults:no_such_hook")

@@ -85,7 +85,9 @@ class TrainOptions:
     audio_tagger_classes: str | None = None  # JSON: tagger class index -> corpus tag
     tag_field: str = "tag"
     address: str | None = None
-    inject_failure: str | None = None  # tests only: "<net>:<epoch>" kills that worker once
+    # "module:function" called as function(net, epoch, run_dir) on rank 0 after each
+    # epoch's checkpoint is saved (the fault tests kill a worker there; tests/faults.py)
+    epoch_hook: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: knob or dotted field
     preset_file: str | None = None  # JSON / TOML overriding any preset field
     weights: dict[str, str] = field(default_factory=dict)  # encoder -> weights file
@@ -314,9 +316,11 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     from factory.io.store import write_parquet_atomic
     from factory.method.bundle import load_bundle
     from factory.method.weights import build_encoders, check_weights
-    from factory.train.nets import load_switch_labels
+    from factory.train.nets import import_callable, load_switch_labels
 
     t0 = time.time()
+    if opts.epoch_hook:
+        import_callable(opts.epoch_hook)  # a wrong name fails here, not in a worker
     preset = build_preset(opts)
     storage.check_output_root(opts.out, "--out")
     check_weights(preset.encoders)
@@ -359,8 +363,8 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
         "vocabulary": vocab,
         "checkpoints": checkpoints,
         "tune_dir": tune_dir,
-        "inject_failure": opts.inject_failure,
-        "failure_marker": storage.join(run, ".injected_failure"),
+        "epoch_hook": opts.epoch_hook,
+        "run_dir": run,
     }
     phases: dict[str, float] = {}
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -142,6 +141,17 @@ class ClipSource:
         self.complete = keeping
 
 
+def import_callable(spec: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> that function (a hook named in the options)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"hook {spec!r}: write it as module:function")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"hook {spec!r}: cannot import it ({err}); check the name") from None
+
+
 def train_net(
     config: dict[str, Any],
     train_rows: RowStream,
@@ -172,6 +182,7 @@ def train_net(
         )
         log.info("%s: resuming at epoch %d", name, start_epoch)
     model = wrap(net) if wrap else net
+    hook = import_callable(config["epoch_hook"]) if config.get("epoch_hook") else None
     extra = load_switch_labels(config.get("switch_labels"))
     clips = ClipSource(name, train_rows, extra, preset.train.seed)
     val_cache: list[TrainingClip] = []
@@ -196,20 +207,8 @@ def train_net(
             else None
         )
         save(state, metrics)
-        failure = config.get("inject_failure")
-        if (
-            failure
-            and failure.split(":")[0] == name
-            and int(failure.split(":")[1]) == epoch
-            and rank == 0
-        ):
-            marker = config["failure_marker"]
-            if not os.path.exists(marker):
-                open(marker, "w").close()
-                log.warning(
-                    "%s: injected failure (SIGKILL of this worker) after epoch %d", name, epoch
-                )
-                os.kill(os.getpid(), signal.SIGKILL)
+        if hook is not None and rank == 0:
+            hook(name, epoch, config["run_dir"])
 
     has_val = (
         val_rows is not None
