@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.config import CGCNConfig, EncodersConfig
+from factory.io import storage
+from models.config import (
+    AudioEncoderConfig,
+    CGCNConfig,
+    DilatedVGGConfig,
+    EncodersConfig,
+    ImageTrunkConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -251,7 +259,6 @@ def preset(name: str) -> Preset:
 
 def from_dict(d: dict[str, Any]) -> Preset:
     """Rebuild a Preset from :meth:`Preset.to_dict` (as stored in a bundle)."""
-    from models.config import AudioEncoderConfig, DilatedVGGConfig, ImageTrunkConfig
 
     def tuples(x: dict[str, Any]) -> dict[str, Any]:
         return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
@@ -319,18 +326,12 @@ def read_preset_file(path: str) -> dict[str, Any]:
     """A preset file: JSON or TOML (by extension), any subset of the preset's fields,
     nested as in ``bundle.json``'s ``preset`` (for example ``{"encoders": {"image":
     {"weights": "s3://bucket/resnext101.pth"}}, "train": {"epochs": 10}}``)."""
-    from factory.io import storage
 
     if not storage.exists(path):
         raise FileNotFoundError(f"preset file {path!r}: not found")
     text = storage.read_bytes(path).decode()
     try:
-        if path.endswith(".toml"):
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
     except (ValueError, json.JSONDecodeError) as err:
         raise ValueError(
             f"preset file {path!r}: not valid {'TOML' if path.endswith('.toml') else 'JSON'} ({err})"

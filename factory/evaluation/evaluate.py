@@ -38,10 +38,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from scipy.io import loadmat
 
+from factory.evaluation.preview import overlay, panel_figure, save_figure
 from factory.io import storage
+from factory.io.geometry import to_source
+from factory.io.store import parquet_columns, read_parquet
+from factory.io.synthetic import load_ground_truth
 from factory.method import metrics as M
+from factory.method.dataset import maps_from_column
 from factory.method.labeler import MAP_NAMES
 
 log = logging.getLogger(__name__)
@@ -113,8 +122,6 @@ def is_synthetic(gt: str) -> bool:
 
 
 def synthetic_truth(gt: str, videos: set[str] | None = None) -> Iterator[VideoTruth]:
-    from factory.io.synthetic import load_ground_truth
-
     for path in sorted(glob.glob(os.path.join(gt, "ground_truth", "*.npz"))):
         vid = os.path.basename(path)[:-4]
         if videos is not None and vid not in videos:
@@ -146,9 +153,6 @@ def stavis_folds(root: str, db: str) -> tuple[dict[str, float], dict[str, set[st
 def stavis_truth(
     gt: str, videos: set[str] | None = None, default_fps: float = 30.0
 ) -> Iterator[VideoTruth]:
-    from PIL import Image
-    from scipy.io import loadmat
-
     root, _, only_db = gt.partition("::")
     dbs = [only_db] if only_db else sorted(os.listdir(os.path.join(root, "annotations")))
     for db in dbs:
@@ -213,7 +217,6 @@ def load_truth(gt: str, videos: set[str] | None = None, fps: float = 30.0) -> It
 def prediction_columns(pred: str) -> list[str]:
     if _png_layout(pred):
         return ["map"]
-    import pyarrow.parquet as pq
 
     files = _parquet_files(pred)
     if not files:
@@ -248,8 +251,6 @@ def load_predictions(
     """column -> video -> (times (N,), maps (N, H, W) float [0, 1])."""
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {c: {} for c in columns}
     if _png_layout(pred):
-        from PIL import Image
-
         for vdir in sorted(glob.glob(os.path.join(pred, "*"))):
             files = sorted(glob.glob(os.path.join(vdir, "maps", "*.png")))
             if not files:
@@ -263,9 +264,6 @@ def load_predictions(
                 maps,
             )  # frame numbers, matched by index
         return out
-    from factory.io.geometry import to_source
-    from factory.io.store import parquet_columns, read_parquet
-    from factory.method.dataset import maps_from_column
 
     parts: dict[str, dict[str, list]] = {c: {} for c in columns}
     for f in _parquet_files(pred):
@@ -467,9 +465,6 @@ def figure(
     """Frames, ground truth and prediction for a few clips: per clip three labelled rows
     (the frame; the ground-truth fixation density over it; the method's map over it),
     one column per time, one colour scale."""
-    from PIL import Image
-
-    from factory.evaluation.preview import overlay, panel_figure, save_figure
 
     column = "map"
     preds = load_predictions(pred, [column])[column]
@@ -517,13 +512,9 @@ def figure(
 
 
 def _frames_for(t: VideoTruth, gt: str, corpus: str | None) -> list[np.ndarray] | None:
-    from PIL import Image
-
     if t.frames and all(os.path.exists(f) for f in t.frames[:1]):
         return [np.asarray(Image.open(f).convert("RGB")) for f in t.frames]
     if is_synthetic(gt):
-        import av
-
         path = os.path.join(gt, "videos", f"{t.video}.mp4")
         with av.open(path) as c:
             return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]

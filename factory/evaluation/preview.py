@@ -3,6 +3,7 @@ maps overlaid (written under the output root as ``preview.png``)."""
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,10 @@ import numpy as np
 from factory.config import Preset
 from factory.io import storage
 from factory.io.corpus import Listing
+from factory.io.decode import decode_groups
+from factory.io.geometry import to_working
+from factory.io.store import read_parquet
+from factory.method.dataset import maps_from_column
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -79,8 +84,6 @@ def panel_figure(
 
 
 def save_figure(fig: Figure, out_uri: str) -> None:
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -92,10 +95,6 @@ def save_figure(fig: Figure, out_uri: str) -> None:
 def preview_figure(root: str, listing: Listing, preset: Preset) -> Figure | None:
     """The preview's figure: a few clips (rows) at a few times (columns), each frame with
     its pseudo-fixation map (SCAM+) blended in; None when nothing was labelled."""
-    from factory.io.decode import decode_groups
-    from factory.io.geometry import to_working
-    from factory.io.store import read_parquet
-    from factory.method.dataset import maps_from_column
 
     manifest = storage.read_json(storage.join(root, "_manifest.json"))
     records = {r.key: r for r in listing.records}

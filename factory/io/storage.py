@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 import fsspec
+import pyarrow.fs
 import torch
 
 _TMP_MARK = ".tmp-"
@@ -65,7 +66,6 @@ def ray_storage(uri: str) -> tuple[str, object | None]:
     ``AWS_ENDPOINT_URL`` (an S3-compatible store) and the path inside it."""
     if not uri.startswith("s3://"):
         return uri, None
-    import pyarrow.fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {"endpoint_override": endpoint} if endpoint else {}

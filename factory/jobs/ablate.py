@@ -33,9 +33,23 @@ import numpy as np
 import torch
 
 from factory.config import ExecutionConfig
+from factory.evaluation.evaluate import CENTER_PRIOR, evaluate, load_truth, score_video
 from factory.io import storage
+from factory.io.corpus import read_corpus
+from factory.io.decode import decode_clip
+from factory.io.rejects import ClipError
+from factory.jobs.demo import ensure_bundle, prepare_corpora
+from factory.jobs.distill import build_student_cache, check_columns, fit_students, pseudo_index
+from factory.jobs.label import LabelOptions, run_label
+from factory.jobs.predict import video_listing
 from factory.method import metrics as M
+from factory.method.bundle import load_bundle
+from factory.method.encoding import FrameEncoder
+from factory.method.equations import final_fusion, minmax_normalize
+from factory.method.inputs import WindowSettings
 from factory.method.labeler import ABLATION_MAPS, MAP_NAMES
+from factory.method.students import StudentRun, student_features, student_map
+from factory.pipelines.executors import LocalExecutor, RayExecutor
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +185,6 @@ def check_variants(variants: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_ablate(opts: AblateOptions) -> AblationTable:
-    from factory.io.corpus import read_corpus
-    from factory.jobs.distill import build_student_cache, check_columns, fit_students, pseudo_index
-    from factory.method.bundle import load_bundle
-    from factory.method.encoding import FrameEncoder
-    from factory.method.students import StudentRun
-    from factory.pipelines.executors import LocalExecutor, RayExecutor
-
     t0 = time.time()
     variants = check_variants(tuple(opts.variants))
     bundle = load_bundle(opts.bundle)
@@ -254,7 +261,6 @@ M_CENTRE = "centre prior"
 
 def label_variants(opts: AblateOptions, corpus: str, out: str, preview: bool = True) -> Any:
     """The label job with every variant's map (``--ablation``) and the run's post-processing."""
-    from factory.jobs.label import LabelOptions, run_label
 
     return run_label(
         LabelOptions(
@@ -275,11 +281,6 @@ def heldout_features(
     """The held-out clips' ground truth and student features (the teacher's frozen
     encoders, once per clip). Clips that do not decode, or have no ground truth, are
     listed in ``skipped`` with the reason (never dropped silently)."""
-    from factory.evaluation.evaluate import load_truth
-    from factory.io.decode import decode_clip
-    from factory.io.rejects import ClipError
-    from factory.jobs.predict import video_listing
-    from factory.method.students import student_features
 
     listing = video_listing(opts.val)
     skipped = [f"{j.input}: {j.reason}" for j in listing.rejects]
@@ -318,9 +319,6 @@ def predict_heldout(
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """method -> video -> (times, maps): each variant's STA, and the SCAM+ students
     fused by Eq. 21."""
-    from factory.method.equations import final_fusion, minmax_normalize
-    from factory.method.inputs import WindowSettings
-    from factory.method.students import StudentRun, student_map
 
     settings = WindowSettings.from_preset(preset)
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -358,7 +356,6 @@ def score_methods(
 ) -> dict[str, dict[str, float]]:
     """The evaluate job's protocol (blur, resize, per frame -> per video -> mean) for
     every method; the centre prior on the same frames."""
-    from factory.evaluation.evaluate import CENTER_PRIOR, score_video
 
     per_method: dict[str, dict[str, list]] = {}
     for truth in truths:
@@ -377,8 +374,6 @@ def raw_scores(
 ) -> dict[str, dict[str, float]]:
     """Label the held-out clips with their tags (--ablation) and score every variant's
     raw map; {} when they have no tags the bundle knows (e.g. a folder of videos)."""
-    from factory.evaluation.evaluate import evaluate
-    from factory.io.corpus import read_corpus
 
     try:
         listing = read_corpus(opts.val).restrict_to(bundle.vocabulary)
@@ -406,7 +401,6 @@ def synthetic_defaults() -> dict[str, str]:
     """The embedded default: the demo's synthetic world and its tiny bundle (fitted once
     and cached, as ``jobs/label.py`` does): the training corpus is labelled and distilled
     from, the held-out corpus (with ground truth) is predicted and scored."""
-    from factory.jobs.demo import ensure_bundle, prepare_corpora
 
     paths = prepare_corpora()
     ensure_bundle(paths)

@@ -20,16 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import ray
 
-from factory.config import Preset
+from factory.config import Preset, from_dict
+from factory.evaluation.preview import write_preview
 from factory.io import storage
 from factory.io.corpus import ClipRecord, Listing, read_corpus
 from factory.io.decode import DecodedClip
 from factory.io.rejects import ClipError
-from factory.io.store import ShardStore
-from factory.method.bundle import Bundle, load_bundle
+from factory.io.store import ShardStore, read_parquet
+from factory.method.bundle import Bundle, code_version, load_bundle
 from factory.method.chunks import label_in_chunks
-from factory.method.pool import PoolEntries, build_sketch
+from factory.method.dataset import labels_table, table_to_bytes
+from factory.method.labeler import Labeler
+from factory.method.pool import PoolEntries, PoolSource, build_sketch
+from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
 from factory.pipelines.sink import (
     close_dataset,
     consume,
@@ -43,6 +48,7 @@ from factory.pipelines.stages import (
     decoded_through_actors,
     default_actors,
 )
+from factory.train.prepare import record_pool_entries
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +122,6 @@ class LabelActor(ModelStage):
         no_source: str | None = None,
         map_size: str = "working",
     ) -> None:
-        from factory.method.labeler import Labeler
-        from factory.method.pool import PoolSource
-
         bundle = load_bundle(bundle_uri, verify=False)
         self.labeler = Labeler(
             bundle,
@@ -135,8 +138,6 @@ class LabelActor(ModelStage):
         self.map_size = map_size
 
     def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
-        from factory.method.dataset import labels_table, table_to_bytes
-
         tags = list(record.tags)
         if clip is not None:
             self.check_audio(clip.has_audio)
@@ -164,8 +165,6 @@ class LabelActor(ModelStage):
 
 def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
     """A pool clip's groups (only they are decoded: a clip of any length), or None."""
-    from factory.config import from_dict
-    from factory.train.prepare import record_pool_entries
 
     preset = from_dict(json.loads(preset_json))
     try:
@@ -178,7 +177,6 @@ def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
 def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any]:
     """The cross-term pool: bottom-k clips per tag (see :mod:`factory.method.pool`), decoded by
     Ray tasks, each tag's entries put in the object store once. Returns tag -> ObjectRef."""
-    import ray
 
     w = preset.windows
     sketch = build_sketch(records, w.pool_clips, w.seed)
@@ -206,8 +204,6 @@ def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any
 
 
 def run_label(opts: LabelOptions) -> LabelSummary:
-    from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
-
     t_start = time.time()
     # the inputs are checked before Ray starts (seconds on a laptop, minutes on a cluster)
     storage.check_output_root(opts.out, "--out")
@@ -320,7 +316,6 @@ def finish(
         reject_reasons=closed.reasons,
         counters=counters,
     )
-    from factory.method.bundle import code_version
 
     run_record = {
         "job": "label",
@@ -339,8 +334,6 @@ def finish(
     write_run_record(opts.out, run_record)
     if opts.preview and labelled:
         try:
-            from factory.evaluation.preview import write_preview
-
             write_preview(opts.out, listing, bundle.preset, storage.join(opts.out, "preview.png"))
         except Exception as err:  # a preview is a convenience; it never fails the run
             log.warning("preview not written: %s", err)
@@ -352,7 +345,6 @@ def finish(
 
 def read_dataset(root: str, columns: list[str] | None = None) -> pa.Table:
     """All committed rows of a dataset written by this job (via its manifest)."""
-    from factory.io.store import read_parquet
 
     manifest = storage.read_json(storage.join(root, "_manifest.json"))
     tables = [read_parquet(storage.join(root, s["file"]), columns) for s in manifest["shards"]]

@@ -37,13 +37,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
+from PIL import Image
 
 from factory.config import ExecutionConfig, Preset, customise, from_dict
 from factory.config import preset as get_preset
 from factory.io import storage
+from factory.io.audio import frame_windows
 from factory.io.corpus import ClipRecord, Listing, read_corpus
-from factory.method.bundle import Bundle, build_nets
+from factory.io.store import write_parquet_atomic
+from factory.method.bundle import Bundle, build_nets, load_bundle
+from factory.method.encoding import FrameEncoder
+from factory.method.labeler import Labeler
+from factory.method.pool import PoolEntries, build_sketch
+from factory.method.weights import build_encoders, check_weights
 from factory.pipelines.executors import LocalExecutor, RayExecutor
 from factory.pipelines.stages import ModelStage
 from factory.train.feature_cache import (
@@ -53,6 +61,8 @@ from factory.train.feature_cache import (
     read_cache_rows,
     rows_to_clips,
 )
+from factory.train.nets import import_callable, load_switch_labels
+from factory.train.prepare import clip_features, feature_pool_entries, fine_features, switch_labels
 from models.registry import plus_nets
 
 log = logging.getLogger(__name__)
@@ -154,9 +164,6 @@ class CacheActor(ModelStage):
         tagger: str | None = None,
         tagger_classes: str | None = None,
     ) -> None:
-        from factory.method.encoding import FrameEncoder
-        from factory.method.weights import build_encoders
-
         self.mode = mode
         self.preset = from_dict(json.loads(preset_json))
         self.vocabulary = vocabulary
@@ -167,9 +174,6 @@ class CacheActor(ModelStage):
         self.encoder = FrameEncoder(encoders, self.preset)
         self.labeler = None
         if mode == "fine":
-            from factory.method.bundle import Bundle
-            from factory.method.labeler import Labeler
-
             nets = build_nets(self.preset, len(vocabulary), ("S", "ST", "SA", "switch"))
             for name, net in nets.items():
                 net.load_state_dict(storage.load_torch(storage.join(run, "nets", f"{name}.pt")))
@@ -187,8 +191,6 @@ class CacheActor(ModelStage):
         return self._blob(clip, record), {"has_audio": clip.has_audio, "n_frames": len(clip.times)}
 
     def _blob(self, clip: Any, record: ClipRecord) -> bytes:
-        from factory.train.prepare import clip_features, fine_features
-
         if self.mode == "raw":
             frames_u8 = torch.from_numpy(
                 np.ascontiguousarray(_resize_uint8(clip.frames, self.preset.frames.coarse_size))
@@ -203,8 +205,6 @@ class CacheActor(ModelStage):
         return encode_blob(fine_features(self.labeler, clip, record.tags[0]))
 
     def _spectrograms(self, clip: Any) -> torch.Tensor:
-        from factory.io.audio import frame_windows
-
         cfg = self.preset.spectrogram
         if clip.has_audio:
             w = frame_windows(clip.audio, clip.audio_t0, clip.times, cfg)
@@ -223,8 +223,6 @@ class CacheActor(ModelStage):
 
 
 def _resize_uint8(frames: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     if frames.shape[1:3] == (size, size):
         return frames
     return np.stack(
@@ -261,9 +259,6 @@ def cache_actor_kwargs(
 def switch_label_table(cache_dir: str, taggers: dict[str, torch.nn.Module]) -> Any:
     """Each clip's frames labelled by the tagger fold that did not train on it (held-out
     clips by fold 0): 1 where its top class is one of the clip's tags."""
-    import pyarrow as pa
-
-    from factory.train.prepare import switch_labels
 
     keys, labels = [], []
     for role in ("train", "holdout"):
@@ -289,8 +284,6 @@ def make_pool(
 ) -> dict[str, Any]:
     """Cross-term pool for training: the bottom-k train-role clips per tag (see
     :mod:`factory.method.pool`), their 3-frame groups' features read from the cache."""
-    from factory.method.pool import PoolEntries, build_sketch
-    from factory.train.prepare import feature_pool_entries
 
     w = preset.windows
     train_keys, _ = cached_keys(storage.join(cache_dir, "train"))
@@ -313,10 +306,6 @@ def make_pool(
 def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     """Run (or resume) the train job; ``local=True`` runs every phase in this process
     without Ray (:class:`LocalExecutor`)."""
-    from factory.io.store import write_parquet_atomic
-    from factory.method.bundle import load_bundle
-    from factory.method.weights import build_encoders, check_weights
-    from factory.train.nets import import_callable, load_switch_labels
 
     t0 = time.time()
     if opts.epoch_hook:

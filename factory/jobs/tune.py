@@ -17,17 +17,32 @@ import io
 import json
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
+from factory.evaluation.evaluate import VideoTruth, is_synthetic, load_truth
 from factory.io import storage
+from factory.io.corpus import ClipRecord, read_corpus
+from factory.io.decode import decode_clip
 from factory.io.rejects import ClipError
-from factory.method.bundle import load_bundle
+from factory.io.store import read_parquet
+from factory.jobs.train import TrainOptions, make_pool, run_dir
+from factory.method import metrics as M
+from factory.method.bundle import build_nets, load_bundle
+from factory.method.labeler import Labeler
+from factory.method.pool import PoolEntries, PoolSource, build_sketch
+from factory.pipelines.cluster import cluster_gpus, init_ray
+from factory.pipelines.stages import deserialize_clip, serialize_clip
+from factory.train.feature_cache import read_cache_rows, rows_to_clips
+from factory.train.loop import shuffled, train_epoch
+from factory.train.nets import build_trainable, load_switch_labels
+from factory.train.prepare import decoded_pool_entries
 from models.config import CGCNConfig
 from models.registry import PLUS_PAIRS, plus_nets
 
@@ -84,7 +99,6 @@ class NoFixationsError(ValueError):
 def decodable_clips(records: list, preset: Any, source: str) -> list[tuple[Any, tuple]]:
     """(decoded clip, tags) of each validation record that decodes; a bad or over-long
     clip is skipped with a warning, never fatal; none at all is an error."""
-    from factory.io.decode import decode_clip
 
     decoded = []
     for r in records:
@@ -99,8 +113,6 @@ def decodable_clips(records: list, preset: Any, source: str) -> list[tuple[Any, 
 
 def validation_set(val: str, val_gt: str | None, max_clips: int) -> tuple[list, dict[str, Any]]:
     """(records, truth by video) of the validation clips that have fixations."""
-    from factory.evaluation.evaluate import is_synthetic, load_truth
-    from factory.io.corpus import read_corpus
 
     if is_synthetic(val):
         listing, gt = read_corpus(storage.join(val, "manifest.csv")), val
@@ -120,9 +132,70 @@ def validation_set(val: str, val_gt: str | None, max_clips: int) -> tuple[list, 
     return records, truth
 
 
-def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, float]:
-    from factory.method import metrics as M
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
+
+def write_trial_inputs(uri: str, payload: dict[str, Any]) -> None:
+    """What every trial shares, as plain arrays (no pickles: a resumed sweep reads them
+    with any later version of the code, and loading them runs no code): ``pools.npz``
+    (the train and validation pools, tag by tag), ``val.npz`` (the decoded validation
+    clips, as the pipeline serialises them, and their ground truth) and ``index.json``
+    (tags and keys), written last: its presence says the folder is complete."""
+
+    pools: dict[str, np.ndarray] = {}
+    index: dict[str, Any] = {}
+    for section in ("train_pool", "val_pool"):
+        index[section] = sorted(payload[section])
+        for i, tag in enumerate(index[section]):
+            entries = payload[section][tag]
+            pools[f"{section}.{i}.keys"] = np.array(entries.keys, dtype=str)
+            for name, array in entries.arrays.items():
+                pools[f"{section}.{i}.{name}"] = array
+    val: dict[str, np.ndarray] = {}
+    index["val_clips"] = []
+    for i, (clip, tags) in enumerate(payload["val_clips"]):
+        truth = payload["val_truth"][clip.key]
+        val[f"clip.{i}"] = np.frombuffer(serialize_clip(clip), dtype=np.uint8)
+        val[f"truth.{i}.times"] = truth.times
+        val[f"truth.{i}.maps"] = truth.maps
+        val[f"truth.{i}.fixations"] = truth.fixations
+        index["val_clips"].append([clip.key, list(tags)])
+    storage.write_bytes_atomic(storage.join(uri, "pools.npz"), _npz_bytes(pools))
+    storage.write_bytes_atomic(storage.join(uri, "val.npz"), _npz_bytes(val))
+    storage.write_json(storage.join(uri, "index.json"), index)
+
+
+def read_trial_inputs(uri: str) -> dict[str, Any]:
+    """:func:`write_trial_inputs`'s payload back."""
+
+    index = storage.read_json(storage.join(uri, "index.json"))
+    payload: dict[str, Any] = {}
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(uri, "pools.npz")))) as z:
+        for section in ("train_pool", "val_pool"):
+            payload[section] = {}
+            for i, tag in enumerate(index[section]):
+                prefix = f"{section}.{i}."
+                names = [f[len(prefix) :] for f in z.files if f.startswith(prefix)]
+                payload[section][tag] = PoolEntries(
+                    [str(k) for k in z[prefix + "keys"]],
+                    {n: z[prefix + n] for n in names if n != "keys"},
+                )
+    payload["val_clips"], payload["val_truth"] = [], {}
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(uri, "val.npz")))) as z:
+        for i, (key, tags) in enumerate(index["val_clips"]):
+            payload["val_clips"].append(
+                (deserialize_clip(key, z[f"clip.{i}"].tobytes()), tuple(tags))
+            )
+            payload["val_truth"][key] = VideoTruth(
+                key, z[f"truth.{i}.times"], z[f"truth.{i}.maps"], z[f"truth.{i}.fixations"]
+            )
+    return payload
+
+
+def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, float]:
     rows = []
     for k in range(len(maps)):
         j = int(np.argmin(np.abs(truth.times - times[k])))
@@ -140,14 +213,6 @@ def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, flo
 def trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: refit the + nets with this trial's settings, one
     epoch at a time, label and score the validation set after each."""
-    from ray import tune
-
-    from factory.io.store import read_parquet
-    from factory.method.labeler import Labeler
-    from factory.method.pool import PoolSource
-    from factory.train.feature_cache import rows_to_clips
-    from factory.train.loop import shuffled, train_epoch
-    from factory.train.nets import build_trainable, load_switch_labels
 
     common = config["common"]
     settings = CGCNConfig(
@@ -163,7 +228,7 @@ def trial(config: dict[str, Any]) -> None:
     bundle.preset = preset
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(common["seed"])
-    inputs = pickle.loads(storage.read_bytes(common["inputs"]))
+    inputs = read_trial_inputs(common["inputs"])
     pool = PoolSource(inputs["train_pool"])
     trainables = {
         name: build_trainable(name, preset, bundle.vocabulary, pool, device)
@@ -218,7 +283,6 @@ def trial(config: dict[str, Any]) -> None:
 
 def _search(opts: TuneOptions) -> tuple[dict[str, Any], Any, int]:
     """(param space, search algorithm, num_samples)."""
-    from ray import tune
 
     if opts.grid or opts.search == "grid":
         return {"setting": tune.grid_search(paper_grid())}, None, 1
@@ -247,15 +311,6 @@ def grid_trial(config: dict[str, Any]) -> None:
 
 
 def run_tune(opts: TuneOptions) -> dict[str, Any]:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from factory.jobs.train import TrainOptions, make_pool, run_dir
-    from factory.method.pool import PoolEntries, build_sketch
-    from factory.pipelines.cluster import cluster_gpus, init_ray
-    from factory.train.nets import load_switch_labels
-    from factory.train.prepare import decoded_pool_entries
-
     t0 = time.time()
     # the trials run in their own folders: a relative bundle path would not be found there
     opts = dataclasses.replace(opts, bundle=storage.absolute(opts.bundle))
@@ -278,12 +333,10 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     if not storage.is_remote(storage_path):
         storage_path = os.path.abspath(storage_path)
     experiment = storage.join(storage_path, opts.name)
-    inputs_uri = storage.join(storage_path, f"{opts.name}-inputs.pkl")
-    if not storage.exists(inputs_uri):
+    inputs_uri = storage.join(storage_path, f"{opts.name}-inputs")
+    if not storage.exists(storage.join(inputs_uri, "index.json")):
         # Everything the trials share, in one file (not object refs, so an interrupted
         # sweep resumed by a new driver still finds it).
-        from factory.io.corpus import ClipRecord
-        from factory.train.feature_cache import read_cache_rows
 
         w = preset.windows
         cached = [
@@ -309,7 +362,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
             "val_clips": decoded,
             "val_truth": {r.key: truth[r.key] for r in records},
         }
-        storage.write_bytes_atomic(inputs_uri, pickle.dumps(payload))
+        write_trial_inputs(inputs_uri, payload)
     epochs = opts.epochs or preset.train.epochs
     common = {
         "bundle": opts.bundle,
@@ -434,7 +487,6 @@ def write_best(
     experiment: str,
 ) -> None:
     """Best settings and + nets into the bundle; results table and plot beside it."""
-    from factory.method.bundle import build_nets
 
     with best.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)

@@ -14,6 +14,7 @@ Loading checks that the bundle is complete and consistent and says what is missi
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import subprocess
 from dataclasses import dataclass, field
@@ -108,7 +109,6 @@ class Bundle:
 
     def fingerprint(self) -> str:
         """One hash over every file's hash: identifies the models a dataset came from."""
-        import hashlib
 
         return hashlib.sha256(
             "".join(f"{k}={v};" for k, v in sorted(self.hashes.items())).encode()

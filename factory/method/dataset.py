@@ -32,6 +32,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from factory.io.geometry import to_source
 from factory.method.labeler import ABLATION_MAPS, SOURCES, ClipLabels
@@ -197,7 +198,6 @@ def export_png(table: pa.Table, out_dir: str, column: str = "map") -> int:
     datasets number from 1), each at its video's own frame size (the video's rectangle
     of the working-resolution map, :func:`factory.io.geometry.to_source`; rows without
     ``source_height`` stay at the working size). Returns the number of files written."""
-    from PIL import Image
 
     maps = maps_from_column(table[column])
     vids = table["video_id"].to_pylist()

@@ -14,6 +14,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import ray
+from ray.data import DataContext
+
 from factory import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ def init_ray(
     address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
 ) -> bool:
     """Start or connect to Ray; returns True if this call started a local instance."""
-    import ray
-    from ray.data import DataContext
 
     if ray.is_initialized():
         return False
@@ -60,21 +61,16 @@ def init_ray(
 
 
 def cluster_cpus() -> float:
-    import ray
-
     return float(ray.cluster_resources().get("CPU", 1))
 
 
 def cluster_gpus() -> float:
-    import ray
-
     return float(ray.cluster_resources().get("GPU", 0))
 
 
 def ray_map(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
     """``[fn(*args) for args in calls]`` as one-CPU Ray tasks on the cluster (started or
     joined as :func:`init_ray` decides), results in the order of ``calls``."""
-    import ray
 
     init_ray()
     remote = ray.remote(num_cpus=1)(fn)

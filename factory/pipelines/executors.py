@@ -25,13 +25,37 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from factory.config import ExecutionConfig, Preset, from_dict
 from factory.io import storage
 from factory.io.corpus import ClipRecord, Listing
 from factory.io.rejects import Reject
-from factory.pipelines.stages import OK, decoded_through_actors, default_actors, from_batch
+from factory.io.store import read_parquet
+from factory.method.encoding import resolve_device
+from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
+from factory.pipelines.stages import (
+    OK,
+    decode_row,
+    decoded_through_actors,
+    default_actors,
+    from_batch,
+    to_batch,
+)
 from factory.train.feature_cache import (
     batch_rows,
     cache_row,
@@ -39,6 +63,7 @@ from factory.train.feature_cache import (
     holdout_keys,
     write_cache,
 )
+from factory.train.nets import train_net
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +151,6 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train loop for one net (every rank runs it): data from the dataset shards,
     checkpoints through ``ray.train.report``; the training itself is
     :func:`factory.train.nets.train_net`."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    from factory.train.nets import train_net
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -188,10 +208,6 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def net_trial(config: dict[str, Any]) -> None:
     """Ray Tune trial function: build and fit one net's TorchTrainer."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     name = config["net"]
     common = config["common"]
@@ -299,14 +315,10 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, execution: ExecutionConfig, address: str | None = None) -> None:
-        from factory.pipelines.cluster import init_ray
-
         self.execution = execution
         init_ray(address)
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
-        import ray
-
         return {tag: ray.put(e) for tag, e in entries.items()}
 
     def build_cache(
@@ -321,7 +333,6 @@ class RayExecutor:
     ) -> dict[str, int]:
         """Cache every clip of ``listing`` not yet cached or rejected: decode tasks, a pool
         of ``actor(**actor_kwargs)`` (decoded clip batch -> cache rows), writer tasks."""
-        from factory.pipelines.cluster import cluster_gpus
 
         todo, done, rejected = cache_todo(listing, cache_dir)
         if not todo:
@@ -354,9 +365,6 @@ class RayExecutor:
         self, names: tuple[str, ...], phase: str, common: dict[str, Any]
     ) -> dict[str, dict[str, Any]]:
         """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
-        from ray import tune
-
-        from factory.pipelines.cluster import cluster_cpus
 
         opts = self.execution
         # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
@@ -426,8 +434,6 @@ class LocalExecutor:
         actor: type,
         actor_kwargs: dict[str, Any],
     ) -> dict[str, int]:
-        from factory.pipelines.stages import decode_row, to_batch
-
         todo, done, rejected = cache_todo(listing, cache_dir)
         if not todo:
             return {"clips": done, "rejects": rejected}
@@ -451,10 +457,6 @@ class LocalExecutor:
     def fit_nets(
         self, names: tuple[str, ...], phase: str, common: dict[str, Any]
     ) -> dict[str, dict[str, Any]]:
-        from factory.io.store import read_parquet
-        from factory.method.encoding import resolve_device
-        from factory.train.nets import train_net
-
         device = resolve_device("auto")
         files = common["cache"]
         for name in names:

@@ -20,12 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
 
-from factory.config import FrameConfig, SpectrogramConfig
+from factory.config import FrameConfig, SpectrogramConfig, from_dict
 from factory.io import storage
 from factory.io.corpus import ClipRecord
 from factory.io.decode import ClipTooLong, DecodedClip, decode_clip
 from factory.io.rejects import ClipError, Reject
+from factory.io.store import ShardStore
+from factory.pipelines.cluster import cluster_cpus, cluster_gpus
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +171,6 @@ def decode_batch(
     batch: dict[str, np.ndarray], preset_json: str, need_audio: bool = True, chunked: bool = False
 ) -> dict[str, np.ndarray]:
     """Ray Data function (CPU tasks): clip rows in, decoded payloads or rejects out."""
-    from factory.config import from_dict
 
     preset = from_dict(json.loads(preset_json))
     return to_batch(
@@ -181,7 +184,6 @@ def decode_batch(
 def default_actors(gpus_per_actor: float) -> int:
     """Actor pool size when none is given: every GPU used (one actor per ``gpus_per_actor``
     GPUs), else all CPUs but one (decode and write need a CPU)."""
-    from factory.pipelines.cluster import cluster_cpus, cluster_gpus
 
     if gpus_per_actor > 0:
         return max(1, int(cluster_gpus() // gpus_per_actor))
@@ -205,8 +207,6 @@ def decoded_through_actors(
     of ``actor(**actor_kwargs)``. Returns the lazy Ray dataset; the caller adds its writer.
     ``chunked``: clips longer than ``max_frames`` reach the actor undecoded, to be taken
     in chunks there (the label and predict stages), instead of being rejected."""
-    import ray
-    from ray.data import ActorPoolStrategy
 
     rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in records]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
@@ -300,7 +300,6 @@ def write_rows(
 ) -> list[dict[str, Any]]:
     """Commit a batch: labelled clips into one shard file, rejects into one rejects file.
     Returns one summary row per clip (key, status, file, n_frames, info, reason)."""
-    from factory.io.store import ShardStore
 
     store = ShardStore(root)
     done = [r for r in rows if r["status"] == OK]

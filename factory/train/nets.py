@@ -21,10 +21,17 @@ import numpy as np
 import torch
 
 from factory.config import Preset, from_dict
+from factory.io.store import read_parquet
 from factory.method.bundle import base_name, build_nets
+from factory.method.encoding import normalize_frames
 from factory.method.pool import PoolSource
+from factory.method.students import StudentRun, StudentTask
+from factory.method.weights import build_encoders
 from factory.train.feature_cache import rows_to_clips
-from factory.train.loop import TrainingClip, fit, make_optimizer
+from factory.train.loop import NetTask, TrainingClip, fit, make_optimizer
+from factory.train.pretrain import EncoderPretrainNet, PretrainTask
+from models.config import EncodersConfig
+from models.registry import build_student
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,6 @@ def fold_of(key: str) -> int:
 def load_switch_labels(uri: str | None) -> dict[str, dict[str, torch.Tensor]]:
     if not uri:
         return {}
-    from factory.io.store import read_parquet
 
     t = read_parquet(uri)
     return {
@@ -55,10 +61,6 @@ def build_trainable(
 ) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer, int]:
     """(net, task, optimizer, epochs) of a bundle net, of ``encoders`` (pretraining) or of
     a student (``STA``, ``STA+short``, ``STA+long``)."""
-    from factory.method.students import StudentRun, StudentTask
-    from factory.train.loop import NetTask
-    from factory.train.pretrain import EncoderPretrainNet, PretrainTask
-    from models.registry import build_student
 
     run = StudentRun.parse(name)
     if run is not None:
@@ -75,9 +77,6 @@ def build_trainable(
         return net, StudentTask(run.student, preset, run.target), optimizer, preset.train.epochs
 
     if name == "encoders":
-        from factory.method.weights import build_encoders
-        from models.config import EncodersConfig
-
         e = preset.encoders
         unfrozen = EncodersConfig(
             *(dataclasses.replace(c, frozen=False) for c in (e.image, e.plus, e.audio)),
@@ -112,8 +111,6 @@ class ClipSource:
         self.fold = int(name.split("@fold")[1]) if "@fold" in name else None
 
     def transform(self, clips: Iterable[TrainingClip]) -> Iterator[TrainingClip]:
-        from factory.method.encoding import normalize_frames
-
         for c in clips:
             if self.fold is not None and fold_of(c.key) == self.fold:
                 continue  # the other fold's clips: this tagger must not see them

@@ -19,8 +19,10 @@ from factory.config import Preset
 from factory.io.audio import frame_windows
 from factory.io.corpus import ClipRecord
 from factory.io.decode import DecodedClip, decode_groups, frame_count
+from factory.method import equations as eq
 from factory.method.encoding import FrameEncoder
 from factory.method.inputs import ClipFeatures
+from factory.method.labeler import Labeler
 from factory.method.pool import PoolEntries, PoolSketch, group_centres
 from factory.train.loop import TrainingClip
 
@@ -49,8 +51,6 @@ def fine_features(labeler: object, clip: DecodedClip, tag: str) -> ClipFeatures:
     """Fine-stage training features: the coarse SCAM of S, ST, SA (with the switch) gives
     each frame's box, t-1, t, t+1 are cropped to it and encoded at the fine size (the
     labeler's own code, so training sees the crops labelling will)."""
-    from factory.method import equations as eq
-    from factory.method.labeler import Labeler
 
     assert isinstance(labeler, Labeler)
     with torch.inference_mode():
