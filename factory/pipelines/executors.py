@@ -44,7 +44,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from factory.config import ExecutionConfig, Preset, from_dict
 from factory.io import storage
 from factory.io.corpus import ClipRecord, Listing
-from factory.io.rejects import Reject
 from factory.io.store import read_parquet
 from factory.method.encoding import resolve_device
 from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
@@ -54,6 +53,7 @@ from factory.pipelines.stages import (
     decoded_through_actors,
     default_actors,
     from_batch,
+    row_reject,
     to_batch,
 )
 from factory.train.feature_cache import (
@@ -87,19 +87,10 @@ def write_cache_batch(
     held_out = set(holdout)
     rejects = []
     for r in from_batch(batch):
-        rec = ClipRecord.from_row(json.loads(r["record"]))
         if r["status"] != OK:
-            rejects.append(
-                Reject(
-                    r["key"],
-                    r["stage"],
-                    r["reason"],
-                    r["remedy"],
-                    storage.redact(rec.uri),
-                    rec.split,
-                )
-            )
+            rejects.append(row_reject(r))
             continue
+        rec = ClipRecord.from_row(json.loads(r["record"]))
         info = json.loads(r["info"])
         role = "holdout" if rec.key in held_out else "train"
         rows[role].append(

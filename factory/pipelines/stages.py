@@ -295,6 +295,19 @@ class ModelStage:
         return to_batch([model_row(r, self.process, clips.get(r["key"]), self.stage) for r in rows])
 
 
+def row_reject(row: dict[str, Any]) -> Reject:
+    """The reject record of a row that a stage rejected (its clip's location redacted)."""
+    rec = json.loads(row["record"])
+    return Reject(
+        row["key"],
+        row["stage"],
+        row["reason"],
+        row["remedy"],
+        storage.redact(rec.get("uri", "")),
+        rec.get("split"),
+    )
+
+
 def write_rows(
     rows: list[dict[str, Any]], root: str, make_table: Callable[[list[dict[str, Any]]], Any]
 ) -> list[dict[str, Any]]:
@@ -319,20 +332,7 @@ def write_rows(
             for r in done
         ]
     if bad:
-        rejects = []
-        for r in bad:
-            rec = json.loads(r["record"])
-            rejects.append(
-                Reject(
-                    r["key"],
-                    r["stage"],
-                    r["reason"],
-                    r["remedy"],
-                    storage.redact(rec.get("uri", "")),
-                    rec.get("split"),
-                )
-            )
-        uri = store.write_rejects(rejects)
+        uri = store.write_rejects([row_reject(r) for r in bad])
         summary += [
             {
                 "key": r["key"],
