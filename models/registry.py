@@ -142,6 +142,40 @@ def plus_nets(weights: str = "pair") -> tuple[str, ...]:
     return tuple(dict.fromkeys(plus_net(n, t, weights) for n, t in PLUS_PAIRS))
 
 
+FINE_SUFFIX = "_fine"
+
+
+@dataclass(frozen=True)
+class NetId:
+    """A bundle net's name, parsed in one place: ``<base>[<term>][_fine][@<instance>]``.
+
+    >>> NetId.parse("ST+long"), NetId.parse("SA_fine").stage, NetId.parse("audio@fold1").base
+    (NetId(base='ST+', term='long', fine=False, instance=None), 'fine', 'audio')
+    >>> str(NetId.parse("S+cross@t"))
+    'S+cross@t'
+    """
+
+    base: str  # the registry entry: S, ST, SA, S+, ST+, SA+, switch, audio, encoders, ...
+    term: str | None = None  # a pair net's multigranularity term (ST+long -> long)
+    fine: bool = False  # a fine-stage net (S_fine): trained on the coarse box's crops
+    instance: str | None = None  # after "@": a fold of the audio taggers (audio@fold1)
+
+    @classmethod
+    def parse(cls, name: str) -> NetId:
+        head, _, instance = name.partition("@")
+        fine = head.endswith(FINE_SUFFIX)
+        base, term = split_term(head.removesuffix(FINE_SUFFIX))
+        return cls(base, term, fine, instance or None)
+
+    @property
+    def stage(self) -> str:
+        return "fine" if self.fine else "coarse"
+
+    def __str__(self) -> str:
+        name = self.base + (self.term or "") + (FINE_SUFFIX if self.fine else "")
+        return name + (f"@{self.instance}" if self.instance else "")
+
+
 def split_term(name: str) -> tuple[str, str | None]:
     """(registry entry, term) of a net name: ``SA+cross`` -> (``SA+``, ``cross``); a
     name without a term -> (name, None)."""

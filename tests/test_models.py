@@ -379,3 +379,15 @@ def test_preset_fields_and_knobs_are_set_by_name():
         customise(preset("tiny"), overrides={"switch_arch": "mlp"})
     with pytest.raises(ValueError, match=r"or a preset field: .*switch_arch"):
         customise(preset("tiny"), overrides={"switcharch": "bilinear"})
+
+
+def test_net_ids_parse_every_name_a_bundle_uses():
+    from models.registry import NetId
+
+    assert NetId.parse("ST+long") == NetId("ST+", "long", False, None)
+    assert NetId.parse("SA_fine") == NetId("SA", None, True, None)
+    assert NetId.parse("SA_fine").stage == "fine" and NetId.parse("S+").stage == "coarse"
+    assert NetId.parse("audio@fold1") == NetId("audio", None, False, "fold1")
+    assert NetId.parse("S+cross").term == "cross" and NetId.parse("S+").term is None
+    for name in ("S", "ST_fine", "SA+cross", "ST+", "switch", "audio@fold0", "encoders"):
+        assert str(NetId.parse(name)) == name

@@ -45,6 +45,7 @@ from factory.method.students import (
 from factory.pipelines.executors import LocalExecutor, RayExecutor
 from factory.pipelines.stages import ModelStage
 from factory.train.feature_cache import cache_files, encode_blob
+from factory.train.nets import FitSpec
 from models.config import STUDENT_GRAPH_CHANNELS
 from models.registry import STUDENTS, build_student
 
@@ -181,15 +182,16 @@ def fit_students(
     """Fit every run with the train job's executors and per-net training (one
     TorchTrainer each under a Tune grid, or in-process): (net per run name, history)."""
 
-    common = {
-        "preset": preset.to_dict(),
-        "vocabulary": vocabulary,
-        "checkpoints": _abs(storage.join(run_dir, "checkpoints")),
-        "tune_dir": _abs(storage.join(run_dir, "tune")),
-        "cache": {role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")},
-    }
+    spec = FitSpec(
+        preset=preset,
+        vocabulary=vocabulary,
+        checkpoints=_abs(storage.join(run_dir, "checkpoints")),
+        tune_dir=_abs(storage.join(run_dir, "tune")),
+        cache={role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")},
+        run_dir=run_dir,
+    )
     names = tuple(r.name for r in runs)
-    states = executor.fit_nets(names, "students", common)
+    states = executor.fit_nets(names, "students", spec)
     nets, history = {}, {}
     for run in runs:
         net = build_student(run.student, preset.encoders, preset.cgcn)

@@ -33,7 +33,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ from factory.train.feature_cache import (
     read_cache_rows,
     rows_to_clips,
 )
-from factory.train.nets import import_callable, load_switch_labels
+from factory.train.nets import FitSpec, import_callable, load_switch_labels
 from factory.train.prepare import clip_features, feature_pool_entries, fine_features, switch_labels
 from models.registry import plus_nets
 
@@ -347,14 +347,14 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
         if storage.is_remote(run)
         else os.path.abspath(storage.join(run, "tune"))
     )
-    common: dict[str, Any] = {
-        "preset": preset.to_dict(),
-        "vocabulary": vocab,
-        "checkpoints": checkpoints,
-        "tune_dir": tune_dir,
-        "epoch_hook": opts.epoch_hook,
-        "run_dir": run,
-    }
+    spec = FitSpec(
+        preset=preset,
+        vocabulary=vocab,
+        checkpoints=checkpoints,
+        tune_dir=tune_dir,
+        run_dir=run,
+        epoch_hook=opts.epoch_hook,
+    )
     phases: dict[str, float] = {}
 
     def files(cache: str) -> dict[str, list[str]]:
@@ -380,7 +380,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
         t = time.time()
         cache("raw", "raw")
         states = executor.fit_nets(
-            ("encoders",), "encoders", {**common, "cache": files(storage.join(run, "raw"))}
+            ("encoders",), "encoders", replace(spec, cache=files(storage.join(run, "raw")))
         )
         enc_state = {
             k.removeprefix("encoders."): v
@@ -398,7 +398,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     labels_uri = storage.join(run, "switch_labels.parquet")
     if not opts.audio_tagger and not storage.exists(labels_uri):
         states = executor.fit_nets(
-            TAGGER_FOLDS, "audio-tagger", {**common, "cache": files(storage.join(run, "features"))}
+            TAGGER_FOLDS, "audio-tagger", replace(spec, cache=files(storage.join(run, "features")))
         )
         taggers = {}
         for name, state in states.items():
@@ -407,8 +407,8 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
             taggers[name] = net.eval()
         write_parquet_atomic(labels_uri, switch_label_table(storage.join(run, "features"), taggers))
     timed("switch_labels", t)
-    switch_common = {**common, "switch_labels": None if opts.audio_tagger else labels_uri}
-    extra = load_switch_labels(switch_common["switch_labels"])
+    spec = replace(spec, switch_labels=None if opts.audio_tagger else labels_uri)
+    extra = load_switch_labels(spec.switch_labels)
     # 3. coarse nets
     t = time.time()
     pool = executor.put_pool(
@@ -417,7 +417,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     coarse = executor.fit_nets(
         coarse_nets(preset),
         "coarse",
-        {**switch_common, "pool": pool, "cache": files(storage.join(run, "features"))},
+        replace(spec, pool=pool, cache=files(storage.join(run, "features"))),
     )
     for name, state in coarse.items():
         storage.save_torch(state["net"], storage.join(run, "nets", f"{name}.pt"))
@@ -428,7 +428,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     timed("fine_features", t)
     t = time.time()
     fine = executor.fit_nets(
-        FINE_NETS, "fine", {**switch_common, "cache": files(storage.join(run, "features_fine"))}
+        FINE_NETS, "fine", replace(spec, cache=files(storage.join(run, "features_fine")))
     )
     timed("fine_nets", t)
     # 6. the bundle

@@ -195,6 +195,18 @@ def read_trial_inputs(uri: str) -> dict[str, Any]:
     return payload
 
 
+@dataclass(frozen=True)
+class SweepShared:
+    """What every trial of the sweep reads (a resumed sweep's trials read it again)."""
+
+    bundle: str  # the bundle whose + nets each trial refits with its m, n, Td, Tr
+    train_files: list[str]  # the train job's feature cache (Parquet)
+    switch_labels: str | None
+    inputs: str  # the folder of write_trial_inputs
+    epochs: int
+    seed: int
+
+
 def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, float]:
     rows = []
     for k in range(len(maps)):
@@ -214,21 +226,21 @@ def trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: refit the + nets with this trial's settings, one
     epoch at a time, label and score the validation set after each."""
 
-    common = config["common"]
+    shared: SweepShared = config["shared"]
     settings = CGCNConfig(
         steps=int(config["m"]),
         nodes=int(config["n"]),
         td=float(config["td"]),
         tr=float(config["tr"]),
     )
-    bundle = load_bundle(common["bundle"], verify=False)
+    bundle = load_bundle(shared.bundle, verify=False)
     preset = bundle.preset.replace(
-        cgcn=settings, train=dataclasses.replace(bundle.preset.train, seed=common["seed"])
+        cgcn=settings, train=dataclasses.replace(bundle.preset.train, seed=shared.seed)
     )
     bundle.preset = preset
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(common["seed"])
-    inputs = read_trial_inputs(common["inputs"])
+    torch.manual_seed(shared.seed)
+    inputs = read_trial_inputs(shared.inputs)
     pool = PoolSource(inputs["train_pool"])
     trainables = {
         name: build_trainable(name, preset, bundle.vocabulary, pool, device)
@@ -243,16 +255,14 @@ def trial(config: dict[str, Any]) -> None:
             net.load_state_dict(state[name]["net"])
             opt.load_state_dict(state[name]["optimizer"])
         start = state["epoch"] + 1
-    extra = load_switch_labels(common["switch_labels"])
+    extra = load_switch_labels(shared.switch_labels)
     clips = list(
-        rows_to_clips(
-            (r for f in common["train_files"] for r in read_parquet(f).to_pylist()), extra
-        )
+        rows_to_clips((r for f in shared.train_files for r in read_parquet(f).to_pylist()), extra)
     )
     val_clips, truth = inputs["val_clips"], inputs["val_truth"]
-    for epoch in range(start, common["epochs"]):
+    for epoch in range(start, shared.epochs):
         for net, task, opt, _ in trainables.values():
-            train_epoch(net, task, shuffled(clips, common["seed"], epoch), opt, epoch)
+            train_epoch(net, task, shuffled(clips, shared.seed, epoch), opt, epoch)
         for name, (net, *_rest) in trainables.items():
             bundle.nets[name] = net.eval()
         labeler = Labeler(bundle, PoolSource(inputs["val_pool"]), device=str(device))
@@ -364,14 +374,14 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
         }
         write_trial_inputs(inputs_uri, payload)
     epochs = opts.epochs or preset.train.epochs
-    common = {
-        "bundle": opts.bundle,
-        "train_files": train_files,
-        "switch_labels": switch_labels,
-        "inputs": inputs_uri,
-        "epochs": epochs,
-        "seed": opts.seed,
-    }
+    shared = SweepShared(
+        bundle=opts.bundle,
+        train_files=train_files,
+        switch_labels=switch_labels,
+        inputs=inputs_uri,
+        epochs=epochs,
+        seed=opts.seed,
+    )
     space, search_alg, samples = _search(opts)
     trainable = grid_trial if "setting" in space else trial
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_gpus() else 0}
@@ -393,7 +403,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     else:
         tuner = tune.Tuner(
             fn,
-            param_space={**space, "common": common},
+            param_space={**space, "shared": shared},
             tune_config=tune.TuneConfig(
                 num_samples=samples,
                 scheduler=scheduler,

@@ -29,12 +29,11 @@ from factory.io import storage
 from factory.method.weights import build_encoders
 from models.config import CGCNConfig
 from models.encoders import Encoders
-from models.registry import NETS, build_net, plus_nets, split_term
+from models.registry import NETS, NetId, build_net, plus_nets
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
-FINE_SUFFIX = "_fine"
 
 
 def labeler_nets(preset: Preset) -> tuple[str, ...]:
@@ -48,7 +47,7 @@ def labeler_nets(preset: Preset) -> tuple[str, ...]:
 def base_name(net: str) -> str:
     """Registry entry of a bundle net name (``S_fine`` -> ``S``; ``audio@fold0`` ->
     ``audio``; ``ST+long`` -> ``ST+``)."""
-    return split_term(net.split("@")[0].removesuffix(FINE_SUFFIX))[0]
+    return NetId.parse(net).base
 
 
 def code_version() -> str:

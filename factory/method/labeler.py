@@ -40,7 +40,7 @@ from factory.method.encoding import FrameEncoder, normalize_frames, resize_squar
 from factory.method.inputs import ClipFeatures, Span, WindowSettings, gather_inputs
 from factory.method.pool import PoolEntries, PoolSource
 from factory.method.postprocess import POSTPROCESS
-from models.registry import NETS, PLUS_PAIRS, plus_net, split_term
+from models.registry import NETS, PLUS_PAIRS, NetId, plus_net
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class Labeler:
         span: Span | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class maps, confidences, valid mask) of a bundle net over every frame."""
-        spec = NETS[split_term(name.removesuffix("_fine"))[0]].spec
+        spec = NETS[NetId.parse(name).base].spec
         targets = np.arange(feats["gate"].shape[0])
         inputs, valid = gather_inputs(
             spec,

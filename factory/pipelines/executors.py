@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from factory.config import ExecutionConfig, Preset, from_dict
+from factory.config import ExecutionConfig, Preset
 from factory.io import storage
 from factory.io.corpus import ClipRecord, Listing
 from factory.io.store import read_parquet
@@ -63,7 +64,8 @@ from factory.train.feature_cache import (
     holdout_keys,
     write_cache,
 )
-from factory.train.nets import train_net
+from factory.train.nets import FitSpec, train_net
+from models.registry import NetId
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,17 @@ def cache_writer_kwargs(
     }
 
 
+@dataclass(frozen=True)
+class TrainerSizing:
+    """One net's TorchTrainer on the Ray executor: workers, their CPUs and GPUs, and how
+    many worker failures it survives."""
+
+    cpus_per_worker: float
+    workers_per_net: int
+    gpus_per_net: float
+    max_failures: int
+
+
 # ---------------------------------------------------------------- the train loop
 
 
@@ -151,7 +164,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
-    seed = from_dict(config["preset"]).train.seed
+    spec: FitSpec = config["spec"]
+    seed = spec.preset.train.seed
     train_shard = ray.train.get_dataset_shard("train")
 
     def train_rows(epoch: int) -> Any:
@@ -183,7 +197,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     has_val = "val" in config.get("datasets", [])
     train_net(
-        config,
+        config["net"],
+        spec,
         train_rows,
         val_rows if has_val else None,
         device,
@@ -200,9 +215,8 @@ def train_loop(config: dict[str, Any]) -> None:
 def net_trial(config: dict[str, Any]) -> None:
     """Ray Tune trial function: build and fit one net's TorchTrainer."""
 
-    name = config["net"]
-    common = config["common"]
-    files = {role: common["cache"][role] for role in ("train", "holdout")}
+    name, spec, sizing = config["net"], config["spec"], config["sizing"]
+    files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
     datasets = {}
     for split, role in (("train", "train"), ("val", "holdout")):
         if files[role]:
@@ -211,29 +225,27 @@ def net_trial(config: dict[str, Any]) -> None:
                 ray_remote_args={"num_cpus": DATA_TASK_CPUS},
                 override_num_blocks=max(1, len(files[role])),
             )
-    if name.startswith("audio@"):  # the taggers train on train-role clips only, split by fold
+    if (
+        NetId.parse(name).base == "audio"
+    ):  # the taggers train on train-role clips only, split by fold
         datasets.pop("val", None)
-    loop_config = {
-        **{k: v for k, v in common.items() if k != "cache"},
-        "net": name,
-        "datasets": sorted(datasets),
-    }
-    resources = {"CPU": common["cpus_per_worker"]}
-    if common["gpus_per_net"] > 0:
-        resources["GPU"] = common["gpus_per_net"] / common["workers_per_net"]
+    loop_config = {"net": name, "spec": spec, "datasets": sorted(datasets)}
+    resources = {"CPU": sizing.cpus_per_worker}
+    if sizing.gpus_per_net > 0:
+        resources["GPU"] = sizing.gpus_per_net / sizing.workers_per_net
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=common["workers_per_net"],
-            use_gpu=common["gpus_per_net"] > 0,
+            num_workers=sizing.workers_per_net,
+            use_gpu=sizing.gpus_per_net > 0,
             resources_per_worker=resources,
         ),
         run_config=RunConfig(
             name=name.replace("+", "plus").replace("@", "-"),
-            storage_path=storage.ray_storage(common["checkpoints"])[0],
-            storage_filesystem=storage.ray_storage(common["checkpoints"])[1],
-            failure_config=FailureConfig(max_failures=common["max_failures"]),
+            storage_path=storage.ray_storage(spec.checkpoints)[0],
+            storage_filesystem=storage.ray_storage(spec.checkpoints)[1],
+            failure_config=FailureConfig(max_failures=sizing.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=[TuneReportCallback()],
         ),
@@ -353,7 +365,7 @@ class RayExecutor:
         return {"clips": done + n - bad, "rejects": rejected + bad}
 
     def fit_nets(
-        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+        self, names: tuple[str, ...], phase: str, spec: FitSpec
     ) -> dict[str, dict[str, Any]]:
         """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
 
@@ -369,13 +381,9 @@ class RayExecutor:
         concurrent = opts.max_concurrent or max(
             1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
         )
-        common = {
-            **common,
-            "cpus_per_worker": per_worker,
-            "workers_per_net": opts.workers_per_net,
-            "gpus_per_net": opts.gpus_per_net,
-            "max_failures": opts.max_failures,
-        }
+        sizing = TrainerSizing(
+            per_worker, opts.workers_per_net, opts.gpus_per_net, opts.max_failures
+        )
         log.info(
             "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
             phase,
@@ -385,12 +393,12 @@ class RayExecutor:
         )
         tuner = tune.Tuner(
             tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-            param_space={"net": tune.grid_search(list(names)), "common": common},
+            param_space={"net": tune.grid_search(list(names)), "spec": spec, "sizing": sizing},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(
                 name=f"{phase}-{int(time.time())}",
-                storage_path=storage.ray_storage(common["tune_dir"])[0],
-                storage_filesystem=storage.ray_storage(common["tune_dir"])[1],
+                storage_path=storage.ray_storage(spec.tune_dir)[0],
+                storage_filesystem=storage.ray_storage(spec.tune_dir)[1],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
@@ -398,7 +406,7 @@ class RayExecutor:
         for result in tuner.fit():
             if result.error:
                 raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
-        return collect_states(names, phase, common["checkpoints"])
+        return collect_states(names, phase, spec.checkpoints)
 
 
 class LocalExecutor:
@@ -446,12 +454,12 @@ class LocalExecutor:
         return {"clips": done + len(todo) - bad, "rejects": rejected + bad}
 
     def fit_nets(
-        self, names: tuple[str, ...], phase: str, common: dict[str, Any]
+        self, names: tuple[str, ...], phase: str, spec: FitSpec
     ) -> dict[str, dict[str, Any]]:
         device = resolve_device("auto")
-        files = common["cache"]
+        files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
         for name in names:
-            folder = net_dir(common["checkpoints"], name)
+            folder = net_dir(spec.checkpoints, name)
             storage.makedirs(folder)
 
             def train_rows(epoch: int) -> Any:
@@ -462,14 +470,14 @@ class LocalExecutor:
                 for f in files["holdout"]:
                     yield from read_parquet(f).to_pylist()
 
-            config = {**{k: v for k, v in common.items() if k != "cache"}, "net": name}
             log.info("%s: fitting %s in this process", phase, name)
             train_net(
-                config,
+                name,
+                spec,
                 train_rows,
                 val_rows if files["holdout"] else None,
                 device,
                 latest_state(folder),
                 local_checkpointer(folder),
             )
-        return collect_states(names, phase, common["checkpoints"])
+        return collect_states(names, phase, spec.checkpoints)

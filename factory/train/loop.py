@@ -29,7 +29,7 @@ from factory.method.inputs import ClipFeatures, WindowSettings, gather_inputs
 from factory.method.losses import balanced_binary_loss, multilabel_soft_margin
 from factory.method.pool import PoolSource
 from factory.method.windows import target_frames
-from models.registry import NETS, InputSpec, split_term
+from models.registry import NETS, InputSpec, NetId
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ class TrainingClip:
         return int(next(iter(self.feats.values())).shape[0])
 
 
-def _stage(name: str) -> str:
-    return "fine" if name.split("@")[0].endswith("_fine") else "coarse"
-
-
-def _base(name: str) -> str:
-    return split_term(name.split("@")[0].removesuffix("_fine"))[0]
-
-
 @dataclass
 class NetTask:
     """How a bundle net (``S``, ``ST_fine``, ``SA+``, ``switch``, ``audio@fold1``...) is trained."""
@@ -70,18 +62,18 @@ class NetTask:
 
     @property
     def spec(self) -> InputSpec:
-        return NETS[_base(self.name)].spec
+        return NETS[NetId.parse(self.name).base].spec
 
     @property
     def terms(self) -> tuple[str, ...]:
         """The multigranularity terms this net is trained on: its own term for a pair
         net (``ST+long``), every term of its type for a shared one (``ST+``)."""
-        term = split_term(self.name.split("@")[0])[1]
+        term = NetId.parse(self.name).term
         return (term,) if term else self.spec.terms
 
     @property
     def stage(self) -> str:
-        return _stage(self.name)
+        return NetId.parse(self.name).stage
 
     @property
     def settings(self) -> WindowSettings:

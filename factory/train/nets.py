@@ -15,12 +15,13 @@ import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from factory.config import Preset, from_dict
+from factory.config import Preset
 from factory.io.store import read_parquet
 from factory.method.bundle import base_name, build_nets
 from factory.method.encoding import normalize_frames
@@ -31,7 +32,7 @@ from factory.train.feature_cache import rows_to_clips
 from factory.train.loop import NetTask, TrainingClip, fit, make_optimizer
 from factory.train.pretrain import EncoderPretrainNet, PretrainTask
 from models.config import EncodersConfig
-from models.registry import build_student
+from models.registry import NetId, build_student
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,27 @@ def import_callable(spec: str) -> Callable[..., Any]:
         raise ValueError(f"hook {spec!r}: cannot import it ({err}); check the name") from None
 
 
+@dataclass(frozen=True)
+class FitSpec:
+    """What the nets of one fitting phase share, from the job through an executor to
+    :func:`train_net` (on a Ray Train worker or in this process)."""
+
+    preset: Preset
+    vocabulary: list[str]
+    checkpoints: str  # the nets' checkpoint folders live below it (absolute or s3://)
+    tune_dir: str  # the Ray Tune experiment that runs the phase's TorchTrainers
+    cache: dict[str, list[str]] = field(default_factory=dict)  # role -> Parquet cache files
+    pool: dict[str, Any] = field(default_factory=dict)  # tag -> PoolEntries or an ObjectRef
+    switch_labels: str | None = None  # the audio switch's labels (Parquet), if made
+    run_dir: str = ""  # the job's run folder, handed to the epoch hook
+    # "module:function" called as function(net, epoch, run_dir) on rank 0 after each
+    # epoch's checkpoint (see TrainOptions.epoch_hook)
+    epoch_hook: str | None = None
+
+
 def train_net(
-    config: dict[str, Any],
+    name: str,
+    spec: FitSpec,
     train_rows: RowStream,
     val_rows: Callable[[], Iterable[dict[str, Any]]] | None,
     device: torch.device,
@@ -161,12 +181,10 @@ def train_net(
 ) -> None:
     """Fit one net; ``save(state_or_None, metrics)`` is called every epoch on every rank
     (state only on rank 0) and must persist a checkpoint of it."""
-    name = config["net"]
-    preset = from_dict(config["preset"])
-    vocab = config["vocabulary"]
+    preset = spec.preset
     torch.manual_seed(preset.train.seed)
     net, task, optimizer, epochs = build_trainable(
-        name, preset, vocab, PoolSource(config.get("pool") or {}), device
+        name, preset, spec.vocabulary, PoolSource(spec.pool), device
     )
     start_epoch, history, started_at = 0, [], time.time()
     if resume_state:
@@ -179,8 +197,8 @@ def train_net(
         )
         log.info("%s: resuming at epoch %d", name, start_epoch)
     model = wrap(net) if wrap else net
-    hook = import_callable(config["epoch_hook"]) if config.get("epoch_hook") else None
-    extra = load_switch_labels(config.get("switch_labels"))
+    hook = import_callable(spec.epoch_hook) if spec.epoch_hook else None
+    extra = load_switch_labels(spec.switch_labels)
     clips = ClipSource(name, train_rows, extra, preset.train.seed)
     val_cache: list[TrainingClip] = []
 
@@ -205,12 +223,12 @@ def train_net(
         )
         save(state, metrics)
         if hook is not None and rank == 0:
-            hook(name, epoch, config["run_dir"])
+            hook(name, epoch, spec.run_dir)
 
     has_val = (
         val_rows is not None
         and name not in ("switch", "encoders")
-        and not name.startswith("audio@")
+        and NetId.parse(name).base != "audio"
     )
     fit(
         model,
