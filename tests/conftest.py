@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,21 +121,46 @@ HELDOUT_WORLD = SyntheticConfig(
 TEST_TRAINING = {"epochs": 8, "pretrain_epochs": 10}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: with the suite's two pytest-xdist workers the long end-to-end tests
+    start at once, and the short ones fill the gaps, instead of a long test starting
+    last. ``@pytest.mark.slow(seconds=N)``: N is the test's measured time on 2 cores."""
+
+    def seconds(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.kwargs.get("seconds", 60) if marker else 0
+
+    items.sort(key=seconds, reverse=True)  # stable: otherwise in file order
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """A temp folder shared by the run's pytest-xdist workers (each worker has a base temp
+    dir of its own below it); without xdist the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """A tiny bundle fitted once per session, in-process (the local executor: the same
-    phases and per-net code as the Ray job; the Ray path has its own tests)."""
+    """A tiny bundle fitted once per test run, in-process (the local executor: the same
+    phases and per-net code as the Ray job; the Ray path has its own tests). The first
+    worker to need it fits it under a file lock; the others wait, then load it (a rerun
+    of a finished train job is a no-op that returns its metrics)."""
+    from filelock import FileLock
+
     from factory.jobs.train import TrainOptions, run_train
 
-    root = tmp_path_factory.mktemp("bundle_world")
-    generate(str(root / "train"), TRAIN_WORLD)
-    opts = TrainOptions(
-        corpus=str(root / "train" / "manifest.csv"),
-        out=str(root / "bundle"),
-        epochs=TEST_TRAINING["epochs"],
-        pretrain_epochs=TEST_TRAINING["pretrain_epochs"],
-    )
-    result = run_train(opts, local=True)
+    shared = shared_tmp(tmp_path_factory)
+    root = shared / "bundle_world"
+    with FileLock(str(shared / "bundle_world.lock")):
+        generate(str(root / "train"), TRAIN_WORLD)  # cached: a no-op once written
+        opts = TrainOptions(
+            corpus=str(root / "train" / "manifest.csv"),
+            out=str(root / "bundle"),
+            epochs=TEST_TRAINING["epochs"],
+            pretrain_epochs=TEST_TRAINING["pretrain_epochs"],
+        )
+        result = run_train(opts, local=True)
     return {
         "bundle": str(root / "bundle"),
         "corpus": str(root / "train"),

@@ -20,7 +20,7 @@ TEACHER = "SCAM+ (pseudo-fixation)"
 FUSED = STUDENT_COLUMN_NAMES["map"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=270)
 def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     tiny_bundle, heldout_corpus, tmp_path, ray_session
 ):

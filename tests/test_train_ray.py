@@ -17,7 +17,7 @@ from factory.method.bundle import load_bundle
 WORLD = SyntheticConfig(num_tags=3, clips_per_tag=8, seconds=2.0, seed=31)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=500)
 @pytest.mark.timeout(1800)  # 13 TorchTrainers on 2 cores: 12-16 min; the suite default is 900 s
 def test_train_job_on_ray(tmp_path, ray_session):
     generate(str(tmp_path / "corpus"), WORLD)

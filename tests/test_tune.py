@@ -94,7 +94,7 @@ def copy_bundle(src, dst):
     return str(dst)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_small_sweep_writes_best_settings_used_by_the_labeler(
     tiny_bundle, heldout_corpus, tmp_path, ray_session, monkeypatch
 ):
@@ -141,7 +141,7 @@ def finished_trials(experiment):
     return done
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     tiny_bundle, heldout_corpus, tmp_path
 ):
