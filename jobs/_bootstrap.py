@@ -2,10 +2,14 @@
 job's uploaded working dir) imports the code beside it, installed or not."""
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -77,3 +81,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def options_from(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """A job's options dataclass from its parsed flags: every field from the flag of the
+    same name (``--batch-size`` -> ``batch_size``), except those ``given`` here (flags
+    that are renamed, derived or grouped, such as the execution fields); a field without
+    a flag keeps its default."""
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if hasattr(args, f.name)
+    }
+    return cls(**{**values, **given})

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         paths = synthetic_defaults()
         local = not a.on_ray
         epochs = epochs or SYNTHETIC_STUDENT_EPOCHS
-    opts = AblateOptions(
+    opts = _bootstrap.options_from(
+        AblateOptions,
+        a,
         out=out,
         corpus=paths["corpus"],
         bundle=paths["bundle"],
@@ -93,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds=1 if a.quick else a.seeds,
         epochs=1 if a.quick else epochs,
         variants=variants,
-        postprocess=a.postprocess,
-        gt_fps=a.gt_fps,
         local=local,
-        address=a.address,
     )
     table = run_ablate(opts)
     print()

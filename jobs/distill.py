@@ -65,16 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     meta = run_distill(
-        DistillOptions(
-            pseudo=a.pseudo,
-            corpus=a.corpus,
-            out=a.out,
-            bundle=a.bundle,
-            epochs=a.epochs,
-            local=a.local,
-            address=a.address,
-            fusion=a.fusion,
-            target=a.target,
+        _bootstrap.options_from(
+            DistillOptions,
+            a,
             execution=ExecutionConfig(
                 workers_per_net=a.workers_per_student, gpus_per_net=a.gpus_per_student
             ),

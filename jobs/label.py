@@ -128,27 +128,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         p.error(
             f"give --corpus, --bundle and --out together (missing: {', '.join('--' + m for m in missing)}), or none of them for the embedded default"
         )
-    return a, LabelOptions(
-        corpus=a.corpus,
-        bundle=a.bundle,
-        out=a.out,
-        split=a.split,
-        ablation=a.ablation,
-        postprocess=a.postprocess,
-        confidence=a.confidence,
-        no_source=a.no_source,
-        map_size=a.map_size,
-        export_png=a.export_png,
-        actors=a.actors,
-        batch_size=a.batch_size,
-        clips_per_shard=a.clips_per_shard,
-        device=a.device,
-        dtype=a.dtype,
-        reject_silent=a.reject_silent,
-        tag_field=a.tag_field,
-        address=a.address,
-        preview=not a.no_preview,
-    )
+    return a, _bootstrap.options_from(LabelOptions, a, preview=not a.no_preview)
 
 
 def print_summary(summary) -> None:  # noqa: ANN001

@@ -68,22 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     )
     a = p.parse_args(argv)
-    s = run_predict(
-        PredictOptions(
-            videos=a.videos,
-            students=a.students,
-            out=a.out,
-            fusion=a.fusion,
-            export_png=a.export_png,
-            overlay_video=a.overlay_video,
-            actors=a.actors,
-            device=a.device,
-            dtype=a.dtype,
-            all_maps=a.all_maps,
-            map_size=a.map_size,
-            address=a.address,
-        )
-    )
+    s = run_predict(_bootstrap.options_from(PredictOptions, a))
     print(
         f"\npredictions: {a.out}  ({s['predicted']} clips, {s['rejected']} rejected; inputs {s['inputs']} = {s['predicted']} + {s['rejected']}; fusion {s['fusion']})"
     )

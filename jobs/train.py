@@ -143,29 +143,16 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         if not sep or not path:
             p.error(f"--weights {item!r}: expected ENCODER=PATH, e.g. image=resnext101.pth")
         weights[name] = path
-    return a.local, TrainOptions(
-        corpus=a.corpus,
-        out=a.out,
-        split=a.split,
-        preset=a.preset,
-        epochs=a.epochs,
-        pretrain_epochs=a.pretrain_epochs,
-        fine_tune=a.fine_tune,
-        plus_weights=a.plus_weights,
-        plus_init=a.plus_init,
+    return a.local, _bootstrap.options_from(
+        TrainOptions,
+        a,
         execution=ExecutionConfig(
             workers_per_net=a.workers_per_net,
             gpus_per_net=a.gpus_per_net,
             cpus_per_worker=a.cpus_per_worker,
             max_concurrent=a.max_concurrent,
         ),
-        storage_path=a.storage_path,
-        audio_tagger=a.audio_tagger,
-        audio_tagger_classes=a.audio_tagger_classes,
-        tag_field=a.tag_field,
-        address=a.address,
         overrides=overrides,
-        preset_file=a.preset_file,
         weights=weights,
     )
 

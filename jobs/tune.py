@@ -80,23 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     )
     a = p.parse_args(argv)
-    opts = TuneOptions(
-        bundle=a.bundle,
-        val=a.val,
-        val_gt=a.val_gt,
-        num_samples=a.num_samples,
-        grid=a.grid,
-        search=a.search,
-        epochs=a.epochs,
-        metric=a.metric,
-        storage=a.storage,
-        name=a.name,
-        cpus_per_trial=a.cpus_per_trial,
-        gpus_per_trial=a.gpus_per_trial,
-        max_concurrent=a.max_concurrent,
-        address=a.address,
-        max_val_clips=a.max_val_clips,
-    )
+    opts = _bootstrap.options_from(TuneOptions, a)
     try:
         result = run_tune(opts)
     except NoFixationsError as err:
