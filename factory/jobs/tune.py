@@ -222,11 +222,12 @@ def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, flo
     return {m: float(np.mean([r[m] for r in rows if r[m] is not None])) for m in METRICS}
 
 
-def trial(config: dict[str, Any]) -> None:
+def trial(config: dict[str, Any], shared: SweepShared) -> None:
     """Ray Tune function trainable: refit the + nets with this trial's settings, one
-    epoch at a time, label and score the validation set after each."""
+    epoch at a time, label and score the validation set after each. ``shared`` comes
+    through ``tune.with_parameters``, not the param space: Tune rebuilds the param space
+    of a restored sweep's remaining trials, and a dataclass in it came back as a tuple."""
 
-    shared: SweepShared = config["shared"]
     settings = CGCNConfig(
         steps=int(config["m"]),
         nodes=int(config["n"]),
@@ -315,9 +316,9 @@ def _search(opts: TuneOptions) -> tuple[dict[str, Any], Any, int]:
     return space, None, opts.num_samples
 
 
-def grid_trial(config: dict[str, Any]) -> None:
+def grid_trial(config: dict[str, Any], shared: SweepShared) -> None:
     """Grid mode: the setting arrives as one dict (a paper row)."""
-    trial({**config, **config["setting"]})
+    trial({**config, **config["setting"]}, shared)
 
 
 def run_tune(opts: TuneOptions) -> dict[str, Any]:
@@ -385,7 +386,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     space, search_alg, samples = _search(opts)
     trainable = grid_trial if "setting" in space else trial
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_gpus() else 0}
-    fn = tune.with_resources(trainable, resources)
+    fn = tune.with_resources(tune.with_parameters(trainable, shared=shared), resources)
     scheduler = ASHAScheduler(
         time_attr="epoch",
         metric=opts.metric,
@@ -403,7 +404,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
     else:
         tuner = tune.Tuner(
             fn,
-            param_space={**space, "shared": shared},
+            param_space=space,
             tune_config=tune.TuneConfig(
                 num_samples=samples,
                 scheduler=scheduler,
@@ -423,11 +424,20 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
         best = grid.get_best_result(metric=opts.metric, mode="max", scope="all")
     except RuntimeError:  # Ray's "No best trial found": every trial failed
         best = None
+    errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
     if best is None or best.checkpoint is None:
-        errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
         first = f": {errors[0]}" if errors else ""
         raise RuntimeError(
             f"no trial of the sweep reported a result ({len(errors)} failed{first}); see {experiment}"
+        )
+    if errors:  # the best is still chosen among the others; a rerun retries the failed
+        log.warning(
+            "%d of %d trials failed (first: %s); the best is chosen among the others. "
+            "Remedy: rerun the same command to retry them; the errors are under %s",
+            len(errors),
+            len(grid),
+            errors[0],
+            experiment,
         )
     rows = []
     for r in grid:
@@ -457,6 +467,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
         "metrics": {m: best.metrics.get(m) for m in METRICS},
         "trials": rows,
         "flat": flat,
+        "failed_trials": len(errors),
         "seconds": round(time.time() - t0, 1),
         "experiment": experiment,
     }

@@ -212,10 +212,12 @@ def train_loop(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the Tune driver
 
 
-def net_trial(config: dict[str, Any]) -> None:
-    """Ray Tune trial function: build and fit one net's TorchTrainer."""
+def net_trial(config: dict[str, Any], spec: FitSpec, sizing: TrainerSizing) -> None:
+    """Ray Tune trial function: build and fit one net's TorchTrainer. ``spec`` and
+    ``sizing`` come through ``tune.with_parameters`` (Tune keeps only the net's name in
+    its param space)."""
 
-    name, spec, sizing = config["net"], config["spec"], config["sizing"]
+    name = config["net"]
     files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
     datasets = {}
     for split, role in (("train", "train"), ("val", "holdout")):
@@ -392,8 +394,11 @@ class RayExecutor:
             per_worker,
         )
         tuner = tune.Tuner(
-            tune.with_resources(net_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-            param_space={"net": tune.grid_search(list(names)), "spec": spec, "sizing": sizing},
+            tune.with_resources(
+                tune.with_parameters(net_trial, spec=spec, sizing=sizing),
+                {"cpu": TRIAL_DRIVER_CPUS},
+            ),
+            param_space={"net": tune.grid_search(list(names))},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(
                 name=f"{phase}-{int(time.time())}",
