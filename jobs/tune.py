@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         "--max-val-clips", type=int, default=16, help="validation clips labelled per epoch"
     )
     p.add_argument(
+        "--device", default="auto", help="torch device of each trial (auto: cuda if present)"
+    )
+    p.add_argument(
         "--address",
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)",

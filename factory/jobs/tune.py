@@ -35,6 +35,7 @@ from factory.io.store import read_parquet
 from factory.jobs.train import TrainOptions, make_pool, run_dir
 from factory.method import metrics as M
 from factory.method.bundle import build_nets, load_bundle
+from factory.method.encoding import resolve_device
 from factory.method.labeler import Labeler
 from factory.method.pool import PoolEntries, PoolSource, build_sketch
 from factory.pipelines.cluster import cluster_gpus, init_ray
@@ -90,6 +91,7 @@ class TuneOptions:
     address: str | None = None
     seed: int = 0
     max_val_clips: int = 16
+    device: str = "auto"  # each trial's torch device (auto: CUDA when the trial has a GPU)
 
 
 class NoFixationsError(ValueError):
@@ -205,6 +207,7 @@ class SweepShared:
     inputs: str  # the folder of write_trial_inputs
     epochs: int
     seed: int
+    device: str = "auto"
 
 
 def score_maps(maps: np.ndarray, times: np.ndarray, truth: Any) -> dict[str, float]:
@@ -239,7 +242,7 @@ def trial(config: dict[str, Any], shared: SweepShared) -> None:
         cgcn=settings, train=dataclasses.replace(bundle.preset.train, seed=shared.seed)
     )
     bundle.preset = preset
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(shared.device)
     torch.manual_seed(shared.seed)
     inputs = read_trial_inputs(shared.inputs)
     pool = PoolSource(inputs["train_pool"])
@@ -382,6 +385,7 @@ def run_tune(opts: TuneOptions) -> dict[str, Any]:
         inputs=inputs_uri,
         epochs=epochs,
         seed=opts.seed,
+        device=opts.device,
     )
     space, search_alg, samples = _search(opts)
     trainable = grid_trial if "setting" in space else trial
