@@ -32,7 +32,7 @@ out = {}
 torch.set_grad_enabled(False)
 for r in recs:
     clip = decode_clip(r, bundle.preset.frames, bundle.preset.spectrogram)
-    feats, frames = lab.encode_clip(clip)
+    feats, frames = lab.encode_clip(clip, r.tags)
     g = load_ground_truth(held, r.key)
     i = bundle.tag_index(r.tags[0])
     t = frames.shape[0]

@@ -17,7 +17,8 @@ Candidates (``+`` nets): ``<weights>-<init>[-bal]``, weights ``pair`` (8 nets, t
 paper's) or ``type`` (3 shared), init ``identity`` or ``normal`` (see
 ``factory.config.Preset``); ``-bal`` also refits the audio switch with its classes
 balanced (``TrainConfig.switch_balance``).
-Rules (labelling): ``<confidence>-<no_source>`` (see ``factory.config.LabelConfig``).
+Rules (labelling): ``<confidence>-<no_source>[-<switch_gate>]`` (see
+``factory.config.LabelConfig``; the switch gate defaults to the bundle's, ``net``).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def score(root: str, held: str, bundle: str, rule: str, tag: str) -> dict:
     from factory.jobs.label import LabelOptions, run_label
     from factory.method.labeler import MAP_NAMES
 
-    confidence, no_source = rule.split("-")
+    confidence, no_source, *gate = rule.split("-")
     out = os.path.join(root, "labels", f"{tag}@{rule}")
     run_label(
         LabelOptions(
@@ -169,6 +170,7 @@ def score(root: str, held: str, bundle: str, rule: str, tag: str) -> dict:
             preview=False,
             confidence=confidence,
             no_source=no_source,
+            switch_gate=gate[0] if gate else None,
         )
     )
     report = evaluate(out, held)

@@ -144,6 +144,13 @@ class LabelConfig:
     # scored SCAM coarse / fine / SCAM+ CC 0.290 / 0.393 / 0.426 there, "average" 0.476 /
     # 0.642 / 0.548 (AC 0.476, AC fine 0.653). See factory.method.equations.NO_SOURCE.
     no_source: str = "average"
+    # The audio switch's decision while labelling: "net" (the paper: the switch net,
+    # Eq. 5's phi, reading picture and sound) or "tagger" (not the paper's: the
+    # factory's audio tagger agreeing with the clip's tag, the very rule the switch
+    # net's training labels come from, applied where the tag is known; needs a bundle
+    # whose tagger folds were kept, i.e. trained without --audio-tagger). The students
+    # are tag-free and keep the net. See factory.method.labeler.Labeler.gate.
+    switch_gate: str = "net"
     frame_chunk: int = 64  # frames per encoder call (bounds activation memory)
 
 

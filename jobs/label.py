@@ -63,6 +63,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         "all-zero map) or average (the sources' mean); default: the bundle's",
     )
     p.add_argument(
+        "--switch-gate",
+        default=None,
+        choices=["net", "tagger"],
+        help="what decides the audio switch: net (the paper's switch net) or tagger (not "
+        "the paper's: the bundle's audio tagger agreeing with the clip's tag); default: "
+        "the bundle's",
+    )
+    p.add_argument(
         "--map-size",
         default="working",
         choices=["working", "source"],

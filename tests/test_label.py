@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import truncated_copy
 
 from factory.io.corpus import read_corpus
@@ -125,6 +126,40 @@ def test_labelling_rules_and_bundles_with_three_shared_plus_nets(
     assert all(rules.maps[k].max() > 0 for k in np.flatnonzero(none))
     with pytest.raises(ValueError, match="no_source 'skip'"):
         Labeler(bundle, None, no_source="skip")
+
+
+def test_switch_gate_from_the_audio_tagger(tiny_bundle, heldout_corpus):
+    """``switch_gate = "tagger"`` (not the paper's): the switch is on where the bundle's
+    audio tagger (its two folds, kept by the train job) ranks the clip's tag first, the
+    rule of the switch net's training labels; so on each frame with sound exactly one tag
+    of the vocabulary turns it on. A bundle without the tagger is refused, by name."""
+    from factory.method.bundle import TAGGER_FOLDS
+
+    root, _ = heldout_corpus
+    bundle = load_bundle(tiny_bundle["bundle"])
+    assert set(TAGGER_FOLDS) <= set(bundle.nets)
+    for rec in read_corpus(os.path.join(root, "manifest.csv")).records:
+        clip = decode_clip(rec, bundle.preset.frames, bundle.preset.spectrogram)
+        if len(rec.tags) == 1 and clip.has_audio:
+            break
+    labeler = Labeler(bundle, None, switch_gate="tagger")
+    gates = np.stack(
+        [labeler.encode_clip(clip, [tag])[0]["gate"].numpy() for tag in bundle.vocabulary]
+    )
+    assert set(np.unique(gates)) <= {0.0, 1.0} and (gates.sum(0) == 1).all()
+    feats, _ = labeler.encode_clip(clip, list(rec.tags))
+    with torch.inference_mode():
+        logits = sum(bundle.net(n)({"audio": feats["audio"]}) for n in TAGGER_FOLDS)
+    top = logits.argmax(1).numpy()
+    assert np.array_equal(feats["gate"].numpy(), top == bundle.tag_index(rec.tags[0]))
+    out = labeler.label(clip, list(rec.tags))
+    assert np.array_equal(out.gate, top == bundle.tag_index(rec.tags[0]))
+    # the paper's switch net stays the default
+    assert Labeler(bundle, None).switch_gate == "net"
+    for name in TAGGER_FOLDS:
+        del bundle.nets[name]
+    with pytest.raises(ValueError, match=r"holds no audio tagger.*--switch-gate net"):
+        Labeler(bundle, None, switch_gate="tagger")
 
 
 def test_ablation_maps_are_the_paper_variants(tiny_bundle, heldout_corpus, tiny_corpus):

@@ -65,6 +65,7 @@ class LabelOptions:
     postprocess: str = "none"  # "authors": 5-frame smoothing, < 3 x mean -> 0 (every map)
     confidence: str | None = None  # Eq. 2/3/8's C_X, "sigmoid" / "softmax"; None: the bundle's
     no_source: str | None = None  # frames no source selects, "flat" / "average"; None: the bundle's
+    switch_gate: str | None = None  # the audio switch, "net" / "tagger"; None: the bundle's
     export_png: str | None = None
     actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
     batch_size: int = 4  # clips per labelling call (their frames are encoded together)
@@ -121,6 +122,7 @@ class LabelActor(ModelStage):
         confidence: str | None = None,
         no_source: str | None = None,
         map_size: str = "working",
+        switch_gate: str | None = None,
     ) -> None:
         bundle = load_bundle(bundle_uri, verify=False)
         self.labeler = Labeler(
@@ -132,6 +134,7 @@ class LabelActor(ModelStage):
             postprocess=postprocess,
             confidence=confidence,
             no_source=no_source,
+            switch_gate=switch_gate,
         )
         self.ablation = ablation
         self.reject_silent = reject_silent
@@ -263,6 +266,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "postprocess": opts.postprocess,
                 "confidence": opts.confidence,
                 "no_source": opts.no_source,
+                "switch_gate": opts.switch_gate,
                 "map_size": opts.map_size,
             },
             actors,

@@ -47,7 +47,7 @@ from factory.io import storage
 from factory.io.audio import frame_windows
 from factory.io.corpus import ClipRecord, Listing, read_corpus
 from factory.io.store import write_parquet_atomic
-from factory.method.bundle import Bundle, build_nets, load_bundle
+from factory.method.bundle import TAGGER_FOLDS, Bundle, build_nets, load_bundle
 from factory.method.encoding import FrameEncoder
 from factory.method.labeler import Labeler
 from factory.method.pool import PoolEntries, build_sketch
@@ -75,7 +75,6 @@ def coarse_nets(preset: Preset) -> tuple[str, ...]:
 
 
 FINE_NETS = ("S_fine", "ST_fine", "SA_fine")
-TAGGER_FOLDS = ("audio@fold0", "audio@fold1")
 
 
 @dataclass
@@ -405,6 +404,8 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
             net = build_nets(preset, len(vocab), ("audio",))["audio"]
             net.load_state_dict(state["net"])
             taggers[name] = net.eval()
+            # kept for the bundle: the labeler's ``switch_gate = "tagger"`` reads them
+            storage.save_torch(state["net"], storage.join(run, "nets", f"{name}.pt"))
         write_parquet_atomic(labels_uri, switch_label_table(storage.join(run, "features"), taggers))
     timed("switch_labels", t)
     spec = replace(spec, switch_labels=None if opts.audio_tagger else labels_uri)
@@ -436,6 +437,12 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     if storage.exists(storage.join(run, "encoders.pt")):
         encoders.load_state_dict(storage.load_torch(storage.join(run, "encoders.pt")))
     nets = build_nets(preset, len(vocab))
+    # the audio tagger's folds, when the factory trained them (not with --audio-tagger)
+    for name in TAGGER_FOLDS:
+        uri = storage.join(run, "nets", f"{name}.pt")
+        if storage.exists(uri):
+            nets[name] = build_nets(preset, len(vocab), (name,))[name]
+            nets[name].load_state_dict(storage.load_torch(uri))
     per_net = {}
     for name, state in {**coarse, **fine}.items():
         nets[name].load_state_dict(state["net"])

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = 1
 
 
+# The audio tagger's two folds (each labels the switch's training frames of the clips it
+# did not see); kept in the bundle when the factory trained them, for the labeler's
+# ``switch_gate = "tagger"``.
+TAGGER_FOLDS = ("audio@fold0", "audio@fold1")
+
+
 def labeler_nets(preset: Preset) -> tuple[str, ...]:
     """Every net the labeler reads: coarse and fine S, ST, SA, the ``+`` nets (8, one per
     pair, or 3 shared: ``preset.plus_weights``) and the audio switch."""

@@ -15,6 +15,7 @@ and the clip's uint8 output maps, whatever its length.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -127,9 +128,12 @@ def chunks_of(
 
 def label_in_chunks(labeler: Labeler, record: ClipRecord, tags: list[str]) -> ClipLabels:
     """SCAM+ for a clip of any length (one piece when it fits in ``max_frames``)."""
+    # a long clip's long-term pool is its own frames: their switch decided for its tags
+    tag_ids = [labeler.bundle.tag_index(t) for t in tags]
+    groups = functools.partial(labeler.group_features, tag_ids=tag_ids)
     parts = [
         labeler.label(clip, tags, span, own)
-        for clip, span, own in chunks_of(record, labeler.bundle.preset, labeler.group_features)
+        for clip, span, own in chunks_of(record, labeler.bundle.preset, groups)
     ]
     return parts[0] if len(parts) == 1 else ClipLabels.concat(parts)
 

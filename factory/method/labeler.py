@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from factory.io.decode import DecodedClip
 from factory.io.geometry import content_mask
 from factory.method import equations as eq
-from factory.method.bundle import Bundle
+from factory.method.bundle import TAGGER_FOLDS, Bundle
 from factory.method.encoding import FrameEncoder, normalize_frames, resize_square
 from factory.method.inputs import ClipFeatures, Span, WindowSettings, gather_inputs
 from factory.method.pool import PoolEntries, PoolSource
@@ -44,6 +44,7 @@ from models.registry import NETS, PLUS_PAIRS, NetId, plus_net
 
 log = logging.getLogger(__name__)
 
+SWITCH_GATES = ("net", "tagger")  # see factory.config.LabelConfig.switch_gate
 SOURCES = ("S", "ST", "SA", *tuple(f"{net}{term}" for net, term in PLUS_PAIRS))
 # The column of each multigranularity pair's own CAM: ("S+", "short") -> "s_plus_short".
 PAIR_MAPS = tuple(f"{net[:-1].lower()}_plus_{term}" for net, term in PLUS_PAIRS)
@@ -173,9 +174,11 @@ class Labeler:
         postprocess: str = "none",
         confidence: str | None = None,
         no_source: str | None = None,
+        switch_gate: str | None = None,
     ) -> None:
-        """``confidence`` / ``no_source``: the rules of Eq. 2/3/8 (see
-        :class:`factory.config.LabelConfig`); None = the bundle's preset's."""
+        """``confidence`` / ``no_source``: the rules of Eq. 2/3/8, ``switch_gate``: what
+        decides the audio switch (see :class:`factory.config.LabelConfig`); None = the
+        bundle's preset's."""
         if postprocess not in POSTPROCESS:
             raise ValueError(f"postprocess {postprocess!r}: one of {', '.join(POSTPROCESS)}")
         self.confidence = confidence or bundle.preset.label.confidence
@@ -184,6 +187,15 @@ class Labeler:
             raise ValueError(f"confidence {self.confidence!r}: one of {', '.join(eq.CONFIDENCES)}")
         if self.no_source not in eq.NO_SOURCE:
             raise ValueError(f"no_source {self.no_source!r}: one of {', '.join(eq.NO_SOURCE)}")
+        self.switch_gate = switch_gate or bundle.preset.label.switch_gate
+        if self.switch_gate not in SWITCH_GATES:
+            raise ValueError(f"switch_gate {self.switch_gate!r}: one of {', '.join(SWITCH_GATES)}")
+        if self.switch_gate == "tagger" and not set(TAGGER_FOLDS) <= set(bundle.nets):
+            raise ValueError(
+                f"switch_gate 'tagger': bundle {bundle.uri or '(in memory)'} holds no audio "
+                "tagger (trained with --audio-tagger, or before the taggers were kept); "
+                "retrain it without --audio-tagger, or label with --switch-gate net"
+            )
         self.bundle = bundle
         self.pool = pool
         self.ablation = ablation
@@ -204,12 +216,24 @@ class Labeler:
     def encoder_passes(self) -> dict[str, int]:
         return self.encoder.passes
 
-    def _switch(self, f5: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        switch = self.bundle.net("switch")
+    def gate(self, f5: torch.Tensor, audio: torch.Tensor, tag_ids: Sequence[int]) -> torch.Tensor:
+        """The audio switch's decision per frame (1 = the sound belongs to the picture):
+        ``switch_gate = "net"`` the switch net on the frame's F5 and audio vector (the
+        paper); ``"tagger"`` the audio tagger's folds (mean logits) ranking one of
+        ``tag_ids`` first (not the paper's; the rule of the switch's training labels,
+        :func:`factory.train.prepare.switch_labels`)."""
         out = []
         for img, aud in zip(f5.split(self.frame_chunk), audio.split(self.frame_chunk), strict=True):
             with self.encoder.autocast():
-                out.append((switch({"image": img[:, None], "audio": aud})[:, 0] > 0).float())
+                if self.switch_gate == "tagger":
+                    if not tag_ids:
+                        raise ValueError("switch_gate 'tagger' needs the tags of the frames")
+                    logits = sum(self.bundle.net(n)({"audio": aud}).float() for n in TAGGER_FOLDS)
+                    tags = torch.as_tensor(list(tag_ids), device=aud.device)
+                    out.append(torch.isin(logits.argmax(1), tags).float())
+                else:
+                    switch = self.bundle.net("switch")
+                    out.append((switch({"image": img[:, None], "audio": aud})[:, 0] > 0).float())
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 
     @torch.inference_mode()
@@ -222,13 +246,17 @@ class Labeler:
         )
 
     @torch.inference_mode()
-    def encode_clip(self, clip: DecodedClip) -> tuple[ClipFeatures, torch.Tensor]:
-        """Step 1: features of every frame, once, plus the audio switch's decisions.
-        Returns (features, normalised full-size frames)."""
+    def encode_clip(
+        self, clip: DecodedClip, tags: Sequence[str]
+    ) -> tuple[ClipFeatures, torch.Tensor]:
+        """Step 1: features of every frame, once, plus the audio switch's decisions (for
+        the clip's ``tags``: see :meth:`gate`). Returns (features, normalised full-size
+        frames)."""
         prepared = self._prepared.pop(clip.key, None)
         feats, frames = prepared if prepared is not None else self.encoder.clip(clip)
         if clip.has_audio:
-            feats["gate"] = self._switch(feats["F5"], feats["audio"])
+            tag_ids = [self.bundle.tag_index(t) for t in tags]
+            feats["gate"] = self.gate(feats["F5"], feats["audio"], tag_ids)
         else:
             feats["gate"] = torch.zeros(frames.shape[0], device=self.device)
         return feats, frames
@@ -243,7 +271,10 @@ class Labeler:
             self._pool_features[tag] = PoolEntries([], {})
             return self._pool_features[tag]
         feats = self.group_features(
-            np.array(raw.arrays["frames"]), raw.arrays["audio"], np.array(raw.arrays["has_audio"])
+            np.array(raw.arrays["frames"]),
+            raw.arrays["audio"],
+            np.array(raw.arrays["has_audio"]),
+            tag_ids=[self.bundle.tag_index(tag)],
         )
         entries = PoolEntries(list(raw.keys), feats)
         self._pool_features[tag] = entries
@@ -251,12 +282,17 @@ class Labeler:
 
     @torch.inference_mode()
     def group_features(
-        self, frames: np.ndarray, audio: np.ndarray, has_audio: np.ndarray
+        self,
+        frames: np.ndarray,
+        audio: np.ndarray,
+        has_audio: np.ndarray,
+        tag_ids: Sequence[int] = (),
     ) -> dict[str, torch.Tensor]:
         """What a + net reads of 3-frame groups (a tag's pool, a long clip's long-term
         pool): ``frames`` (E, 3, H, W, 3) uint8 at the working size, ``audio`` (E, samples)
         the centre's window, ``has_audio`` (E,) -> ``plus`` (E, 3, C, h, w), ``audio`` (E,
-        D), ``gate`` (E,) (the audio switch on the centre frame)."""
+        D), ``gate`` (E,) (the audio switch on the centre frame, for the tags
+        ``tag_ids``: see :meth:`gate`)."""
         groups = torch.from_numpy(frames).to(self.device)
         e = groups.shape[0]
         images = resize_square(normalize_frames(groups.flatten(0, 1)), self.frames_cfg.coarse_size)
@@ -265,7 +301,7 @@ class Labeler:
         f5_centre = enc["F5"].reshape(e, 3, *enc["F5"].shape[1:])[:, 1]
         sound = torch.from_numpy(np.asarray(has_audio)).to(self.device).bool()
         vectors = self.encoder.audio(audio) * sound[:, None]
-        gate = self._switch(f5_centre, vectors) * sound
+        gate = self.gate(f5_centre, vectors, tag_ids) * sound
         return {"plus": plus, "audio": vectors, "gate": gate}
 
     # ------------------------------------------------------------------ nets
@@ -394,7 +430,7 @@ class Labeler:
         counted."""
         if not tags:
             raise ValueError(f"clip {clip.key!r}: no tags to label with")
-        feats, frames = self.encode_clip(clip)
+        feats, frames = self.encode_clip(clip, tags)
         size = (frames.shape[-2], frames.shape[-1])
         counters = {"box_fallbacks": 0, "cross_missing": 0, "frames_without_source": 0}
         coarse_cache: dict = {}

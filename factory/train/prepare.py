@@ -54,7 +54,7 @@ def fine_features(labeler: object, clip: DecodedClip, tag: str) -> ClipFeatures:
 
     assert isinstance(labeler, Labeler)
     with torch.inference_mode():
-        feats, frames = labeler.encode_clip(clip)
+        feats, frames = labeler.encode_clip(clip, [tag])
         size = (frames.shape[-2], frames.shape[-1])
         _, _, scam_coarse = labeler.coarse_scam(
             feats, clip.key, clip.has_audio, labeler.bundle.tag_index(tag), size
