@@ -218,21 +218,34 @@ def label_pass(labeler: Labeler, decoded: list, batch: int = 4) -> int:
 # ---------------------------------------------------------------- rows 4-5
 
 
-def label_job_rate(manifest: str, bundle_dir: str, out: str, actors: int, device: str) -> float:
+def label_job(manifest: str, bundle_dir: str, out: str, actors: int, device: str, **kw):
+    """One run of the label job; returns its LabelSummary."""
     from factory.jobs.label import LabelOptions, run_label
 
-    summary = run_label(
+    return run_label(
         LabelOptions(
-            corpus=manifest,
-            bundle=bundle_dir,
-            out=out,
-            actors=actors,
-            device=device,
-            preview=False,
-            clips_per_shard=4,
+            corpus=manifest, bundle=bundle_dir, out=out, actors=actors, device=device, **kw
         )
     )
-    return summary.frames / summary.seconds
+
+
+def label_job_rate(
+    manifest: str, bundle_dir: str, out: str, actors: int, device: str
+) -> tuple[float, float, float]:
+    """(the whole job's frames/s, its steady-state frames/s, its start-up seconds). Steady
+    state: from the first labelled clip to the last commit; start-up: from the job's
+    start to its first committed shard (see factory.pipelines.sink.StreamStats)."""
+    summary = label_job(manifest, bundle_dir, out, actors, device, preview=False, clips_per_shard=4)
+    log.warning(
+        "label job: %d frames in %.1f s; start-up %.1f s, steady %.1f frames/s; stages %s",
+        summary.frames,
+        summary.seconds,
+        summary.stream["startup_s"],
+        summary.stream["steady_frames_per_s"],
+        summary.stream["stage_seconds"],
+    )
+    st = summary.stream
+    return summary.frames / summary.seconds, st["steady_frames_per_s"], st["startup_s"]
 
 
 def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict[str, list[float]]:
@@ -245,10 +258,13 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
     rows: dict[str, list[float]] = {}
     init_ray(address="local", num_cpus=cpus)
     label_job_rate(manifest, bundle_dir, os.path.join(work, "warm"), 1, args.device)  # warm-up
-    rows["ray_job"] = [
+    runs = [
         label_job_rate(manifest, bundle_dir, os.path.join(work, f"job{i}"), 1, args.device)
         for i in range(args.repeats)
     ]
+    rows["ray_job"] = [r[0] for r in runs]
+    rows["ray_job_steady"] = [r[1] for r in runs]
+    rows["ray_job_startup_s"] = [r[2] for r in runs]
     ray.shutdown()
     for actors in (1, 2):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -258,12 +274,75 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
         rows[f"actors_{actors}"] = [
             label_job_rate(
                 manifest, bundle_dir, os.path.join(work, f"a{actors}_{i}"), actors, args.device
-            )
+            )[1]
             for i in range(args.repeats)
         ]
         ray.shutdown()
         cluster.shutdown()
     return rows
+
+
+def scale_rows(args, preset: Preset, work: str, cpus: int) -> list[dict]:
+    """The label job's cost per clip as the corpus grows (``--scale``): for each size, a
+    fresh corpus of 1-second clips (two tags), the whole job timed (listing, pool,
+    stream, commit, accounting and manifest), then the same command again (the resume
+    listing of a finished dataset), and the shard files' sizes."""
+    import ray
+
+    from factory.io import storage
+    from factory.pipelines.cluster import init_ray
+
+    init_ray(address="local", num_cpus=cpus)
+    out = []
+    bundle_dir = None
+    for n in args.scale:
+        manifest = os.path.join(work, f"scale{n}", "corpus", "manifest.csv")
+        t = time.time()
+        generate(
+            os.path.dirname(manifest),
+            SyntheticConfig(
+                num_tags=2,
+                clips_per_tag=max(1, n // 2),
+                seconds=1.0,
+                fps=round(preset.frames.fps),
+                size=preset.frames.height,
+                seed=7,
+            ),
+        )
+        made_s = time.time() - t
+        if bundle_dir is None:
+            vocab = sorted({t for r in read_corpus(manifest).records for t in r.tags})
+            bundle_dir = os.path.join(work, "scale_bundle")
+            random_bundle(preset, vocab).save(bundle_dir)
+        dest = os.path.join(work, f"scale{n}", "labels")
+        kw = {"preview": False, "shard_mb": args.shard_mb}
+        first = label_job(manifest, bundle_dir, dest, args.actors, args.device, **kw)
+        again = label_job(manifest, bundle_dir, dest, args.actors, args.device, **kw)
+        manifest_json = storage.read_json(os.path.join(dest, "_manifest.json"))
+        sizes = [os.path.getsize(os.path.join(dest, sh["file"])) for sh in manifest_json["shards"]]
+        row = {
+            "clips": first.inputs,
+            "frames": first.frames,
+            "seconds": first.seconds,
+            "seconds_per_clip": first.seconds / first.inputs,
+            "phases": first.phases,
+            "startup_s": first.stream["startup_s"],
+            "steady_frames_per_s": first.stream["steady_frames_per_s"],
+            "stage_seconds": first.stream["stage_seconds"],
+            "rerun_seconds": again.seconds,
+            "shards": len(sizes),
+            "shard_mb": {
+                "min": min(sizes) / 2**20,
+                "median": statistics.median(sizes) / 2**20,
+                "max": max(sizes) / 2**20,
+                "total": sum(sizes) / 2**20,
+            },
+            "corpus_seconds": made_s,
+        }
+        log.warning("scale %d: %s", n, json.dumps(row))
+        out.append(row)
+    ray.shutdown()
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -347,6 +426,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--profile", default=None, help="write a torch profile of one labeler pass")
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="comma-separated corpus sizes (e.g. 10,100,1000): the label job's time per clip "
+        "on 1-second clips at each size, instead of rows 1-5",
+    )
+    p.add_argument("--shard-mb", type=float, default=256.0, help="--scale: the job's --shard-mb")
+    p.add_argument("--actors", type=int, default=1, help="--scale: labelling actors")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, args.cpus))
@@ -359,6 +446,9 @@ def main(argv: list[str] | None = None) -> dict:
             preset, encoders=dataclasses.replace(preset.encoders, plus_trunk=args.plus_trunk)
         )
     work = args.work or tempfile.mkdtemp(prefix="pff-bench-")
+    if args.scale:
+        args.scale = [int(n) for n in args.scale.split(",")]
+        return scale_main(args, preset, work)
     manifest, decoded = corpus(os.path.join(work, "corpus"), preset, args.clips, args.seconds)
     clips = [c for c, _ in decoded]
     vocab = sorted({t for _, r in decoded for t in r.tags})
@@ -396,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios["labeler / naive"] = med["labeler"] / med["naive"]
     if "ray_job" in med:
         ratios["ray job / labeler"] = med["ray_job"] / med["labeler"]
+        ratios["ray job steady state / labeler"] = med["ray_job_steady"] / med["labeler"]
         ratios["2 actors / 1 actor"] = med["actors_2"] / med["actors_1"]
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -424,9 +515,11 @@ def main(argv: list[str] | None = None) -> dict:
         "floor_1crop": "1b. encoder floor (coarse + 1 crop)",
         "labeler": "2. labeler alone",
         "naive": "3. naive reference",
-        "ray_job": "4. label job under Ray Data",
-        "actors_1": "5a. cluster, 1 actor",
-        "actors_2": "5b. cluster, 2 actors",
+        "ray_job": "4. label job under Ray Data (whole run)",
+        "ray_job_steady": "4s. label job, steady state",
+        "ray_job_startup_s": "4t. label job start-up (seconds, not frames/s)",
+        "actors_1": "5a. cluster, 1 actor (steady state)",
+        "actors_2": "5b. cluster, 2 actors (steady state)",
     }
     print("| row | frames/s min | median | max | n |\n|---|---|---|---|---|")
     for k, s in result["rows"].items():
@@ -434,6 +527,40 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     print(json.dumps({k: result[k] for k in ("machine", "device", "dtype", "versions")}))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def scale_main(args, preset: Preset, work: str) -> dict:
+    rows = scale_rows(args, preset, work, args.cpus)
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(torch.device("cpu")),
+        "preset": args.preset,
+        "versions": versions(),
+        "scale": rows,
+    }
+    print(
+        "| clips | frames | job s | s / clip | start-up s | steady frames/s | rerun s | "
+        "shards | shard MB min / median / max |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        mb = r["shard_mb"]
+        print(
+            f"| {r['clips']} | {r['frames']} | {r['seconds']:.1f} | {r['seconds_per_clip']:.3f} | "
+            f"{r['startup_s']:.1f} | {r['steady_frames_per_s']:.1f} | {r['rerun_seconds']:.1f} | "
+            f"{r['shards']} | {mb['min']:.2f} / {mb['median']:.2f} / {mb['max']:.2f} |"
+        )
+    for r in rows:
+        print(r["clips"], "clips, phases (s):", json.dumps(r["phases"]))
+    if len(rows) >= 2:
+        print(
+            f"time per clip {rows[-1]['clips']} / {rows[-2]['clips']} clips: "
+            f"{rows[-1]['seconds_per_clip'] / rows[-2]['seconds_per_clip']:.3f}"
+        )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

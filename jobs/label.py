@@ -24,7 +24,7 @@ import _bootstrap
 _bootstrap.setup_logging()
 
 from factory.jobs.demo import run_demo  # noqa: E402
-from factory.jobs.label import LabelOptions, run_label  # noqa: E402
+from factory.jobs.label import SHARD_MB, LabelOptions, run_label  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptions | None]:
@@ -99,8 +99,15 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
     p.add_argument(
         "--clips-per-shard",
         type=_bootstrap.positive_int,
-        default=16,
-        help="clips per output Parquet shard",
+        default=None,
+        help="at most this many clips per output Parquet shard (default: as many 10 s clips as fit in --shard-mb at the preset's map size, at most 1024)",
+    )
+    p.add_argument(
+        "--shard-mb",
+        type=float,
+        default=SHARD_MB,
+        help="at most this many MB of maps per shard file (Arrow bytes; the Parquet file is "
+        "smaller by its compression); default %(default)s",
     )
     p.add_argument(
         "--device", default="auto", help="torch device of the actors (auto: cuda if present)"
@@ -149,8 +156,10 @@ def print_summary(summary) -> None:  # noqa: ANN001
     for reason, n in summary.reject_reasons.items():
         print(f"  reject x{n}: {reason}")
     if summary.new_clips:
+        st = summary.stream
         print(
-            f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total"
+            f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total; "
+            f"start-up {st['startup_s']:.1f} s to the first committed shard, then {st['steady_frames_per_s']:.1f} frames/s"
         )
     else:  # a rerun of a finished dataset
         print(

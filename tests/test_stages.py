@@ -85,3 +85,71 @@ def test_a_corrupt_payload_is_that_rows_reject():
     out = {r["key"]: r for r in from_batch(CountFrames()(to_batch(rows)))}
     assert out["a"]["status"] == OK
     assert out["b"]["status"] == REJECT and out["b"]["stage"] == "count"
+
+
+def test_shards_are_cut_by_bytes(tmp_path):
+    from factory.pipelines.stages import by_bytes, write_rows
+
+    rows = [{"key": k, "payload": b"x" * n} for k, n in (("a", 4), ("b", 4), ("c", 9), ("d", 1))]
+    assert [[r["key"] for r in g] for g in by_bytes(rows, 8)] == [["a", "b"], ["c"], ["d"]]
+    assert [[r["key"] for r in g] for g in by_bytes(rows, None)] == [["a", "b", "c", "d"]]
+    assert by_bytes([], 8) == []
+
+    # through the writer: each group one committed shard, every clip in exactly one
+    import pyarrow as pa
+
+    from factory.io.store import ShardStore
+
+    def make_table(group):
+        return pa.table(
+            {
+                "video_id": [r["key"] for r in group],
+                "shard_id": [""] * len(group),
+            }
+        )
+
+    done = [{**decoded_row(k, 2), "payload": b"x" * n} for k, n in (("a", 4), ("b", 4), ("c", 9))]
+    summary = write_rows(done, str(tmp_path), make_table, max_bytes=8)
+    files = {s["key"]: s["file"] for s in summary}
+    assert files["a"] == files["b"] != files["c"]
+    assert all(json.loads(s["info"])["write_seconds"] >= 0 for s in summary)
+    committed = ShardStore(str(tmp_path)).scan()
+    assert set(committed.shard_clips) == {"a", "b", "c"} and len(committed.shard_rows) == 2
+
+
+def test_stage_metrics_are_registered_with_ray(ray_session):
+    """A model stage's batch inside a Ray worker records the per-stage metrics, and their
+    names reach the node's Prometheus endpoint (what the dashboard and Prometheus read)."""
+    import sys
+    import time
+    import urllib.request
+
+    import ray
+    from ray import cloudpickle
+
+    from factory.pipelines.metrics import METRIC_NAMES
+
+    # this test module is not importable by the workers: ship its classes by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    @ray.remote(num_cpus=0.5)
+    def one_batch() -> list:
+        return from_batch(CountFrames()(to_batch([decoded_row("a", 3), decoded_row("bad", 2)])))
+
+    out = ray.get(one_batch.remote())
+    assert [r["status"] for r in out] == [OK, REJECT]
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    text = ""
+    deadline = time.time() + 90  # the metrics agent reports every few seconds
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        if all(name in text for name in METRIC_NAMES) and 'stage="count"' in text:
+            break
+        time.sleep(2)
+    missing = [name for name in METRIC_NAMES if name not in text]
+    assert not missing, missing
+    clips = [
+        ln for ln in text.splitlines() if ln.startswith("ray_factory_stage_clips") and "count" in ln
+    ]
+    assert clips and float(clips[0].rsplit(" ", 1)[1]) == 2.0, clips

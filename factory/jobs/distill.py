@@ -74,6 +74,7 @@ class DistillCacheActor(ModelStage):
     variants, so one cache serves a student per variant)."""
 
     stage = "distil cache"
+    job = "distil"
 
     def __init__(
         self,

@@ -32,10 +32,11 @@ from factory.io.store import ShardStore, read_parquet
 from factory.method.bundle import Bundle, code_version, load_bundle
 from factory.method.chunks import label_in_chunks
 from factory.method.dataset import labels_table, table_to_bytes
-from factory.method.labeler import Labeler
+from factory.method.labeler import ABLATION_MAPS, Labeler
 from factory.method.pool import PoolEntries, PoolSource, build_sketch
 from factory.pipelines.cluster import cluster_cpus, cluster_gpus, init_ray
 from factory.pipelines.sink import (
+    StreamStats,
     close_dataset,
     consume,
     export_pngs,
@@ -53,6 +54,22 @@ from factory.train.prepare import record_pool_entries
 log = logging.getLogger(__name__)
 
 WRITE_CPUS = 0.25  # per writer task
+# Shards sized for a data lake: at most this many MB of maps per file. 256 MB of Arrow
+# bytes: at the paper preset (360x640 uint8 maps, 8 fps) 14 clips of 10 s; the Parquet
+# file is smaller by its compression (bench/RESULTS.md, "Scale").
+SHARD_MB = 256.0
+MAX_CLIPS_PER_SHARD = 1024  # a kill loses at most one unwritten shard of work
+TYPICAL_CLIP_S = 10.0  # AVE's clips; only sizes the writer's batches
+
+
+def shard_clips(preset: Preset, shard_mb: float, ablation: bool) -> int:
+    """Clips per writer batch when ``--clips-per-shard`` is not given: as many clips of
+    ``TYPICAL_CLIP_S`` as fit in ``shard_mb`` at the preset's map size (the writer still
+    cuts a batch at ``shard_mb`` of actual bytes), between 1 and ``MAX_CLIPS_PER_SHARD``."""
+    f = preset.frames
+    maps = 1 + (len(ABLATION_MAPS) if ablation else 0)  # --ablation: a map per variant too
+    clip_bytes = f.height * f.width * maps * f.fps * TYPICAL_CLIP_S
+    return int(min(MAX_CLIPS_PER_SHARD, max(1, shard_mb * 2**20 // clip_bytes)))
 
 
 @dataclass
@@ -69,7 +86,10 @@ class LabelOptions:
     export_png: str | None = None
     actors: int | None = None  # label actors; default: one per GPU, else CPUs - 1
     batch_size: int = 4  # clips per labelling call (their frames are encoded together)
-    clips_per_shard: int = 16
+    # a shard file holds at most shard_mb of maps (Arrow bytes, before Parquet's
+    # compression) and at most clips_per_shard clips (None: shard_clips())
+    shard_mb: float = SHARD_MB
+    clips_per_shard: int | None = None
     device: str = "auto"
     dtype: str = "auto"
     reject_silent: bool = False
@@ -96,6 +116,10 @@ class LabelSummary:
     frames_per_s: float
     reject_reasons: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    # this run's stream: start-up, steady state, per-stage busy seconds (StreamStats)
+    stream: dict[str, Any] = field(default_factory=dict)
+    # seconds of the job's phases: listing, ray_init, resume_scan, pool, stream, close
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,8 +242,12 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         )
     bundle = load_bundle(opts.bundle)
     listing = listing.restrict_to(bundle.vocabulary)
+    phases = {"listing": time.time() - t_start}  # listing, bundle: before Ray
     init_ray(opts.address)
-    store, todo = open_dataset(opts.out, listing)
+    phases["ray_init"] = time.time() - t_start - phases["listing"]
+    t = time.time()
+    store, todo = open_dataset(opts.out, listing)  # the resume listing of committed files
+    phases["resume_scan"] = time.time() - t
     log.info(
         "label: %d inputs (%d clips, %d rejected at listing); %d already committed, %d to label",
         listing.num_inputs,
@@ -229,9 +257,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         len(todo),
     )
 
-    new_frames = 0
-    counters: dict[str, int] = {}
-    label_s = 0.0
+    stream = StreamStats()
     if todo:
         gpus = cluster_gpus()
         gpus_per_actor = (
@@ -251,7 +277,9 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 needed,
                 cluster_cpus(),
             )
+        t = time.time()
         pool = build_label_pool(listing.records, bundle.preset)
+        phases["pool"] = time.time() - t
         ds = decoded_through_actors(
             todo,
             bundle.preset.to_json(),
@@ -276,21 +304,26 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             decode_cpus=opts.decode_cpus,
             chunked=True,
         )
+        per_shard = opts.clips_per_shard or shard_clips(bundle.preset, opts.shard_mb, opts.ablation)
         ds = ds.map_batches(
             write_batch,
-            batch_size=opts.clips_per_shard,
+            batch_size=per_shard,
             num_cpus=WRITE_CPUS,
-            fn_kwargs={"root": opts.out},
+            fn_kwargs={"root": opts.out, "job": "label", "shard_bytes": int(opts.shard_mb * 2**20)},
         )
         log.info(
-            "labelling %d clips with %d actor(s) (%s GPU each)", len(todo), actors, gpus_per_actor
+            "labelling %d clips with %d actor(s) (%s GPU each), up to %d clips / %.0f MB per shard",
+            len(todo),
+            actors,
+            gpus_per_actor,
+            per_shard,
+            opts.shard_mb,
         )
-        new_frames, counters, label_s = consume(ds, len(todo))
+        t = time.time()
+        stream = consume(ds, len(todo), t_start, "label")
+        phases["stream"] = time.time() - t
 
-    summary = finish(
-        opts, listing, store, bundle, new_frames, len(todo), label_s, counters, t_start
-    )
-    return summary
+    return finish(opts, listing, store, bundle, stream, len(todo), t_start, phases)
 
 
 def finish(
@@ -298,14 +331,15 @@ def finish(
     listing: Listing,
     store: ShardStore,
     bundle: Bundle,
-    new_frames: int,
+    stream: StreamStats,
     new_clips: int,
-    label_s: float,
-    counters: dict[str, int],
     t_start: float,
+    phases: dict[str, float],
 ) -> LabelSummary:
     """Accounting, manifest, rejects table, run record, preview, PNG export."""
+    t = time.time()
     closed = close_dataset(opts.out, listing, store, "labelled")
+    phases["close"] = time.time() - t  # the accounting's scan, manifest, rejects table
     manifest, labelled = closed.manifest, closed.committed
     seconds = time.time() - t_start
     summary = LabelSummary(
@@ -316,9 +350,11 @@ def finish(
         frames=manifest["rows"],
         new_clips=new_clips,
         seconds=round(seconds, 2),
-        frames_per_s=round(new_frames / label_s, 2) if label_s > 0 else 0.0,
+        frames_per_s=round(stream.frames / stream.seconds, 2) if stream.seconds > 0 else 0.0,
         reject_reasons=closed.reasons,
-        counters=counters,
+        counters=stream.counters,
+        stream=stream.to_dict(),
+        phases={k: round(v, 3) for k, v in phases.items()},
     )
 
     run_record = {

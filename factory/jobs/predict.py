@@ -153,6 +153,7 @@ class PredictActor(ModelStage):
     """Ray Data actor: loads the student bundle once, predicts tag-free maps per clip."""
 
     stage = "predict"
+    job = "predict"
 
     def __init__(
         self,
@@ -215,8 +216,11 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
             gpus,
             chunked=True,
         )
-        ds = ds.map_batches(write_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out})
-        frames, _, _ = consume(ds, len(todo))
+        ds = ds.map_batches(
+            write_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out, "job": "predict"}
+        )
+        stream = consume(ds, len(todo), t0, "predict")
+        frames = stream.frames
     closed = close_dataset(opts.out, listing, store, "predicted")
     summary = {
         "inputs": closed.inputs,

@@ -153,6 +153,7 @@ class CacheActor(ModelStage):
     at the coarse nets' boxes)."""
 
     stage = "train cache"
+    job = "train"
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from factory.io.corpus import ClipRecord
 from factory.io.decode import ClipTooLong, DecodedClip, decode_clip
 from factory.io.rejects import ClipError, Reject
 from factory.io.store import ShardStore
+from factory.pipelines import metrics
 from factory.pipelines.cluster import cluster_cpus, cluster_gpus
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,20 @@ def decode_row(
     take in chunks (:mod:`factory.method.chunks`), instead of being rejected."""
     record = ClipRecord.from_row(json.loads(row["record"]))
     out = empty_row(row["key"], row["record"])
+    t0 = time.perf_counter()
     try:
         clip = decode_clip(record, frames_cfg, spec_cfg, need_audio)
-        out.update(payload=serialize_clip(clip), n_frames=len(clip.times))
+        out.update(
+            payload=serialize_clip(clip),
+            n_frames=len(clip.times),
+            info=json.dumps({"decode_seconds": time.perf_counter() - t0}),
+        )
     except ClipTooLong as err:
         if chunked:
-            out.update(n_frames=err.frames, info=json.dumps({"chunked": True}))
+            out.update(
+                n_frames=err.frames,
+                info=json.dumps({"chunked": True, "decode_seconds": time.perf_counter() - t0}),
+            )
         else:
             out = reject_row(out, err)
     except ClipError as err:
@@ -168,17 +177,30 @@ def decode_row(
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], preset_json: str, need_audio: bool = True, chunked: bool = False
+    batch: dict[str, np.ndarray],
+    preset_json: str,
+    need_audio: bool = True,
+    chunked: bool = False,
+    job: str = "label",
 ) -> dict[str, np.ndarray]:
-    """Ray Data function (CPU tasks): clip rows in, decoded payloads or rejects out."""
+    """Ray Data function (CPU tasks): clip rows in, decoded payloads or rejects out
+    (counted in the ``decode`` stage's metrics under ``job``)."""
 
+    t0 = time.perf_counter()
     preset = from_dict(json.loads(preset_json))
-    return to_batch(
-        [
-            decode_row(r, preset.frames, preset.spectrogram, need_audio, chunked)
-            for r in from_batch(batch)
-        ]
-    )
+    rows = [
+        decode_row(r, preset.frames, preset.spectrogram, need_audio, chunked)
+        for r in from_batch(batch)
+    ]
+    record_stage(job, "decode", rows, time.perf_counter() - t0)
+    return to_batch(rows)
+
+
+def record_stage(job: str, stage: str, rows: list[dict[str, Any]], seconds: float) -> None:
+    """One batch of a stage into the stage metrics (:mod:`factory.pipelines.metrics`)."""
+    rejects = sum(r["status"] != OK for r in rows)
+    frames = sum(int(r["n_frames"]) for r in rows if r["status"] == OK)
+    metrics.record(job, stage, len(rows), frames, rejects, seconds)
 
 
 def default_actors(gpus_per_actor: float) -> int:
@@ -206,15 +228,17 @@ def decoded_through_actors(
     train and distil caches): one row per clip, decoded by CPU tasks, then an actor pool
     of ``actor(**actor_kwargs)``. Returns the lazy Ray dataset; the caller adds its writer.
     ``chunked``: clips longer than ``max_frames`` reach the actor undecoded, to be taken
-    in chunks there (the label and predict stages), instead of being rejected."""
+    in chunks there (the label and predict stages), instead of being rejected. The
+    stages' metrics are tagged with ``actor.job``."""
 
+    metrics.register()
     rows = [{"key": r.key, "record": json.dumps(r.to_row())} for r in records]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.map_batches(
         decode_batch,
         batch_size=1,
         num_cpus=decode_cpus,
-        fn_kwargs={"preset_json": preset_json, "chunked": chunked},
+        fn_kwargs={"preset_json": preset_json, "chunked": chunked, "job": actor.job},
     )
     return ds.map_batches(
         actor,
@@ -245,7 +269,9 @@ def model_row(
             clip = deserialize_clip(row["key"], row["payload"])
         payload, info = process(clip, record)
         info["seconds"] = time.perf_counter() - t0
-        return {**row, "payload": payload, "info": json.dumps(info)}
+        info["done_at"] = time.time()  # wall clock: the job's steady state is measured from it
+        before = json.loads(row["info"] or "{}")  # the decode stage's (its time)
+        return {**row, "payload": payload, "info": json.dumps({**before, **info})}
     except ClipError as err:
         return reject_row(row, err)
     except Exception as err:
@@ -265,9 +291,11 @@ class ModelStage:
     the distil cache). A subclass loads its model once per actor in ``__init__`` and
     implements :meth:`process` for one clip; the base owns the batch loop, turns each
     row's failure into that row's reject (the other rows of the batch go on), and times
-    each clip (``info["seconds"]``). ``stage`` names the stage in those rejects."""
+    each clip (``info["seconds"]``) and records the stage's metrics. ``stage`` names the
+    stage in those rejects and metrics, ``job`` the job in the metrics."""
 
     stage = "label"
+    job = "label"
 
     def process(self, clip: DecodedClip | None, record: ClipRecord) -> tuple[bytes, dict]:
         """One decoded clip -> (payload, info): what the writer commits and a JSON-able
@@ -281,6 +309,7 @@ class ModelStage:
         example one encoder pass over all their frames). Optional."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         rows = from_batch(batch)
         clips: dict[str, DecodedClip] = {}
         for r in rows:
@@ -292,7 +321,9 @@ class ModelStage:
                 self.prepare(list(clips.values()))
             except Exception as err:  # e.g. out of memory: process clip by clip instead
                 log.warning("%s: batch preparation failed (%s); clip by clip", self.stage, err)
-        return to_batch([model_row(r, self.process, clips.get(r["key"]), self.stage) for r in rows])
+        out = [model_row(r, self.process, clips.get(r["key"]), self.stage) for r in rows]
+        record_stage(self.job, self.stage, out, time.perf_counter() - t0)
+        return to_batch(out)
 
 
 def row_reject(row: dict[str, Any]) -> Reject:
@@ -308,18 +339,42 @@ def row_reject(row: dict[str, Any]) -> Reject:
     )
 
 
-def write_rows(
-    rows: list[dict[str, Any]], root: str, make_table: Callable[[list[dict[str, Any]]], Any]
-) -> list[dict[str, Any]]:
-    """Commit a batch: labelled clips into one shard file, rejects into one rejects file.
-    Returns one summary row per clip (key, status, file, n_frames, info, reason)."""
+def by_bytes(rows: list[dict[str, Any]], max_bytes: int | None) -> list[list[dict[str, Any]]]:
+    """Cut a batch's rows, in order, into groups whose payloads hold at most ``max_bytes``
+    together (a clip larger than that is a group of its own); None: one group."""
+    if not max_bytes:
+        return [rows] if rows else []
+    groups: list[list[dict[str, Any]]] = []
+    size = 0
+    for r in rows:
+        n = len(r["payload"])
+        if groups and size + n <= max_bytes:
+            groups[-1].append(r)
+            size += n
+        else:
+            groups.append([r])
+            size = n
+    return groups
 
+
+def write_rows(
+    rows: list[dict[str, Any]],
+    root: str,
+    make_table: Callable[[list[dict[str, Any]]], Any],
+    max_bytes: int | None = None,
+) -> list[dict[str, Any]]:
+    """Commit a batch: labelled clips into shard files of at most ``max_bytes`` of
+    payload each (one file when None), rejects into one rejects file. Returns one summary
+    row per clip (key, status, file, n_frames, info, reason); each clip's ``info`` gains
+    ``write_seconds``, its share of the batch's write time."""
+
+    t0 = time.perf_counter()
     store = ShardStore(root)
     done = [r for r in rows if r["status"] == OK]
     bad = [r for r in rows if r["status"] != OK]
     summary = []
-    if done:
-        uri = store.write_shard(make_table(done), [r["key"] for r in done])
+    for group in by_bytes(done, max_bytes):
+        uri = store.write_shard(make_table(group), [r["key"] for r in group])
         summary += [
             {
                 "key": r["key"],
@@ -329,7 +384,7 @@ def write_rows(
                 "info": r["info"],
                 "reason": "",
             }
-            for r in done
+            for r in group
         ]
     if bad:
         uri = store.write_rejects([row_reject(r) for r in bad])
@@ -344,4 +399,7 @@ def write_rows(
             }
             for r in bad
         ]
+    share = (time.perf_counter() - t0) / max(len(rows), 1)
+    for s in summary:
+        s["info"] = json.dumps({**json.loads(s["info"] or "{}"), "write_seconds": share})
     return summary
