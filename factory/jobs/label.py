@@ -201,29 +201,31 @@ def _decode_pool_clip(record_json: str, preset_json: str) -> PoolEntries | None:
         return None
 
 
+def _assemble_pool(pool_clips: int, *decoded: PoolEntries | None) -> PoolEntries:
+    """A tag's pool: the first ``pool_clips`` of its candidates that decoded, in the
+    sketch's order (Ray resolves ``decoded``'s refs before this runs)."""
+    return PoolEntries.concat([d for d in decoded if d is not None][:pool_clips])
+
+
 def build_label_pool(records: list[ClipRecord], preset: Preset) -> dict[str, Any]:
     """The cross-term pool: bottom-k clips per tag (see :mod:`factory.method.pool`), decoded by
-    Ray tasks, each tag's entries put in the object store once. Returns tag -> ObjectRef."""
+    Ray tasks, each tag's entries assembled by a task into the object store once. Returns
+    tag -> ObjectRef at once: the decoding overlaps the label actors' start, and an actor
+    waits for a tag's pool only when it first labels that tag (``PoolSource``)."""
 
     w = preset.windows
     sketch = build_sketch(records, w.pool_clips, w.seed)
     by_key = {r.key: r for r in records}
     wanted = sorted({k for tag in sketch.heaps for k in sketch.candidates(tag)})
-    task = ray.remote(num_cpus=0.5)(_decode_pool_clip)
+    decode = ray.remote(num_cpus=0.5)(_decode_pool_clip)
+    assemble = ray.remote(num_cpus=0.25)(_assemble_pool)
     preset_json = preset.to_json()
-    refs = {k: task.remote(json.dumps(by_key[k].to_row()), preset_json) for k in wanted}
-    decoded = dict(zip(refs, ray.get(list(refs.values())), strict=True))
-    pool = {}
-    for tag in sketch.heaps:
-        chosen = [decoded[k] for k in sketch.candidates(tag) if decoded.get(k) is not None][
-            : w.pool_clips
-        ]
-        pool[tag] = ray.put(PoolEntries.concat(chosen))
-    log.info(
-        "cross-term pool: %d tags, %d clips decoded",
-        len(pool),
-        sum(v is not None for v in decoded.values()),
-    )
+    refs = {k: decode.remote(json.dumps(by_key[k].to_row()), preset_json) for k in wanted}
+    pool = {
+        tag: assemble.remote(w.pool_clips, *(refs[k] for k in sketch.candidates(tag)))
+        for tag in sketch.heaps
+    }
+    log.info("cross-term pool: %d tags, %d candidate clips decoding", len(pool), len(refs))
     return pool
 
 
