@@ -159,7 +159,7 @@ def print_summary(summary) -> None:  # noqa: ANN001
         st = summary.stream
         print(
             f"throughput: {summary.frames_per_s} frames/s this run ({summary.new_clips} clips new), {summary.seconds} s total; "
-            f"start-up {st['startup_s']:.1f} s to the first committed shard, then {st['steady_frames_per_s']:.1f} frames/s"
+            f"first clip labelled after {st['first_label_s']:.1f} s (start-up), then {st['steady_frames_per_s']:.1f} frames/s"
         )
     else:  # a rerun of a finished dataset
         print(
