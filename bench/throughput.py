@@ -230,12 +230,14 @@ def label_job(manifest: str, bundle_dir: str, out: str, actors: int, device: str
 
 
 def label_job_rate(
-    manifest: str, bundle_dir: str, out: str, actors: int, device: str
+    manifest: str, bundle_dir: str, out: str, actors: int, device: str, **kw
 ) -> tuple[float, float, float]:
     """(the whole job's frames/s, its steady-state frames/s, its start-up seconds). Steady
     state: from the first labelled clip to the last commit; start-up: from the job's
     start to its first committed shard (see factory.pipelines.sink.StreamStats)."""
-    summary = label_job(manifest, bundle_dir, out, actors, device, preview=False, clips_per_shard=4)
+    summary = label_job(
+        manifest, bundle_dir, out, actors, device, preview=False, clips_per_shard=4, **kw
+    )
     log.warning(
         "label job: %d frames in %.1f s; start-up %.1f s, steady %.1f frames/s; stages %s",
         summary.frames,
@@ -248,6 +250,11 @@ def label_job_rate(
     return summary.frames / summary.seconds, st["steady_frames_per_s"], st["startup_s"]
 
 
+def actor_kw(args) -> dict:
+    """The label job's actor resources from the bench's flags."""
+    return {"actor_cpus": args.actor_cpus, "actor_threads": args.actor_threads}
+
+
 def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict[str, list[float]]:
     """Row 4 on a local Ray node with the machine's CPUs; row 5 on a simulated cluster."""
     import ray
@@ -256,10 +263,11 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
     from factory.pipelines.cluster import init_ray
 
     rows: dict[str, list[float]] = {}
+    kw = actor_kw(args)
     init_ray(address="local", num_cpus=cpus)
-    label_job_rate(manifest, bundle_dir, os.path.join(work, "warm"), 1, args.device)  # warm-up
+    label_job_rate(manifest, bundle_dir, os.path.join(work, "warm"), 1, args.device, **kw)
     runs = [
-        label_job_rate(manifest, bundle_dir, os.path.join(work, f"job{i}"), 1, args.device)
+        label_job_rate(manifest, bundle_dir, os.path.join(work, f"job{i}"), 1, args.device, **kw)
         for i in range(args.repeats)
     ]
     rows["ray_job"] = [r[0] for r in runs]
@@ -273,7 +281,12 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
         init_ray(address=cluster.address)
         rows[f"actors_{actors}"] = [
             label_job_rate(
-                manifest, bundle_dir, os.path.join(work, f"a{actors}_{i}"), actors, args.device
+                manifest,
+                bundle_dir,
+                os.path.join(work, f"a{actors}_{i}"),
+                actors,
+                args.device,
+                **kw,
             )[1]
             for i in range(args.repeats)
         ]
@@ -315,7 +328,7 @@ def scale_rows(args, preset: Preset, work: str, cpus: int) -> list[dict]:
             bundle_dir = os.path.join(work, "scale_bundle")
             random_bundle(preset, vocab).save(bundle_dir)
         dest = os.path.join(work, f"scale{n}", "labels")
-        kw = {"preview": False, "shard_mb": args.shard_mb}
+        kw = {"preview": False, "shard_mb": args.shard_mb, **actor_kw(args)}
         first = label_job(manifest, bundle_dir, dest, args.actors, args.device, **kw)
         again = label_job(manifest, bundle_dir, dest, args.actors, args.device, **kw)
         manifest_json = storage.read_json(os.path.join(dest, "_manifest.json"))
@@ -326,7 +339,8 @@ def scale_rows(args, preset: Preset, work: str, cpus: int) -> list[dict]:
             "seconds": first.seconds,
             "seconds_per_clip": first.seconds / first.inputs,
             "phases": first.phases,
-            "startup_s": first.stream["startup_s"],
+            "startup_s": first.stream["startup_s"],  # to the first committed shard
+            "first_label_s": first.stream["first_label_s"],
             "steady_frames_per_s": first.stream["steady_frames_per_s"],
             "stage_seconds": first.stream["stage_seconds"],
             "rerun_seconds": again.seconds,
@@ -336,6 +350,7 @@ def scale_rows(args, preset: Preset, work: str, cpus: int) -> list[dict]:
                 "median": statistics.median(sizes) / 2**20,
                 "max": max(sizes) / 2**20,
                 "total": sum(sizes) / 2**20,
+                "each": [round(x / 2**20, 3) for x in sizes],
             },
             "corpus_seconds": made_s,
         }
@@ -434,6 +449,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--shard-mb", type=float, default=256.0, help="--scale: the job's --shard-mb")
     p.add_argument("--actors", type=int, default=1, help="--scale: labelling actors")
+    p.add_argument(
+        "--actor-cpus", type=float, default=1.0, help="rows 4-5 and --scale: the job's --actor-cpus"
+    )
+    p.add_argument(
+        "--actor-threads",
+        type=int,
+        default=None,
+        help="rows 4-5 and --scale: the job's --actor-threads (default: its CPUs rounded up)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, args.cpus))
@@ -544,14 +568,15 @@ def scale_main(args, preset: Preset, work: str) -> dict:
         "scale": rows,
     }
     print(
-        "| clips | frames | job s | s / clip | start-up s | steady frames/s | rerun s | "
-        "shards | shard MB min / median / max |\n|---|---|---|---|---|---|---|---|---|"
+        "| clips | frames | job s | s / clip | first clip labelled s | first shard committed s | "
+        "steady frames/s | rerun s | shards | shard MB min / median / max |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         mb = r["shard_mb"]
         print(
             f"| {r['clips']} | {r['frames']} | {r['seconds']:.1f} | {r['seconds_per_clip']:.3f} | "
-            f"{r['startup_s']:.1f} | {r['steady_frames_per_s']:.1f} | {r['rerun_seconds']:.1f} | "
+            f"{r['first_label_s']:.1f} | {r['startup_s']:.1f} | {r['steady_frames_per_s']:.1f} | {r['rerun_seconds']:.1f} | "
             f"{r['shards']} | {mb['min']:.2f} / {mb['median']:.2f} / {mb['max']:.2f} |"
         )
     for r in rows:

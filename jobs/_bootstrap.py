@@ -83,6 +83,31 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_actor_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """``--actors``, ``--actor-cpus`` and ``--actor-threads`` of a job whose model runs in
+    Ray Data actors (label, predict)."""
+    p.add_argument(
+        "--actors",
+        type=positive_int,
+        default=None,
+        help=f"{what} actors (default: one per GPU, else CPUs - 1)",
+    )
+    p.add_argument(
+        "--actor-cpus",
+        type=float,
+        default=1.0,
+        help=f"CPUs Ray reserves for each {what} actor (decode takes 0.5, each writer 0.25); "
+        "default %(default)s",
+    )
+    p.add_argument(
+        "--actor-threads",
+        type=positive_int,
+        default=None,
+        help=f"torch threads per {what} actor (default: on CPU its --actor-cpus rounded up; "
+        "on a 2-core machine --actor-cpus 1.25 gives the one actor both cores)",
+    )
+
+
 def options_from(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
     """A job's options dataclass from its parsed flags: every field from the flag of the
     same name (``--batch-size`` -> ``batch_size``), except those ``given`` here (flags

@@ -84,12 +84,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, LabelOptio
         metavar="DIR",
         help="also write per-frame PNG maps as DIR/<video>/maps/eyeMap_%%05d.png",
     )
-    p.add_argument(
-        "--actors",
-        type=_bootstrap.positive_int,
-        default=None,
-        help="labelling actors (default: one per GPU, else CPUs - 1)",
-    )
+    _bootstrap.add_actor_flags(p, "labelling")
     p.add_argument(
         "--batch-size",
         type=_bootstrap.positive_int,

@@ -54,12 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="DIR",
         help="an overlay video per clip as DIR/<video>.mp4",
     )
-    p.add_argument(
-        "--actors",
-        type=int,
-        default=None,
-        help="prediction actors (default: one per GPU, else CPUs - 1)",
-    )
+    _bootstrap.add_actor_flags(p, "prediction")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument(

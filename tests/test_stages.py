@@ -13,6 +13,7 @@ from factory.pipelines.stages import (
     OK,
     REJECT,
     ModelStage,
+    actor_threads,
     empty_row,
     from_batch,
     serialize_clip,
@@ -115,6 +116,15 @@ def test_shards_are_cut_by_bytes(tmp_path):
     assert all(json.loads(s["info"])["write_seconds"] >= 0 for s in summary)
     committed = ShardStore(str(tmp_path)).scan()
     assert set(committed.shard_clips) == {"a", "b", "c"} and len(committed.shard_rows) == 2
+
+
+def test_actor_threads_follow_the_actors_cpus():
+    assert actor_threads(None, 1.0, 0.0) == 1  # Ray's own setting
+    # 2 cores: decode 0.5 + write 0.25 leave 1.25 CPUs: the one actor gets both cores
+    assert actor_threads(None, 1.25, 0.0) == 2
+    assert actor_threads(None, 0.5, 0.0) == 1
+    assert actor_threads(3, 1.0, 0.0) == 3  # given: as given
+    assert actor_threads(None, 1.0, 1.0) is None  # a GPU actor keeps Ray's
 
 
 def test_stage_metrics_are_registered_with_ray(ray_session):

@@ -46,8 +46,10 @@ from factory.pipelines.sink import (
 )
 from factory.pipelines.stages import (
     ModelStage,
+    actor_threads,
     decoded_through_actors,
     default_actors,
+    set_torch_threads,
 )
 from factory.train.prepare import record_pool_entries
 
@@ -97,6 +99,8 @@ class LabelOptions:
     address: str | None = None
     decode_cpus: float = 0.5
     actor_cpus: float = 1.0
+    # torch threads per label actor; None: its CPUs rounded up on CPU (stages.actor_threads)
+    actor_threads: int | None = None
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
     preview: bool = True
     # where the Parquet maps live: "working" (the working resolution, the video
@@ -147,7 +151,9 @@ class LabelActor(ModelStage):
         no_source: str | None = None,
         map_size: str = "working",
         switch_gate: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        set_torch_threads(threads)
         bundle = load_bundle(bundle_uri, verify=False)
         self.labeler = Labeler(
             bundle,
@@ -279,6 +285,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 needed,
                 cluster_cpus(),
             )
+        threads = actor_threads(opts.actor_threads, opts.actor_cpus, gpus_per_actor)
         t = time.time()
         pool = build_label_pool(listing.records, bundle.preset)
         phases["pool"] = time.time() - t
@@ -298,6 +305,7 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "no_source": opts.no_source,
                 "switch_gate": opts.switch_gate,
                 "map_size": opts.map_size,
+                "threads": threads,
             },
             actors,
             gpus_per_actor,
@@ -314,10 +322,11 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             fn_kwargs={"root": opts.out, "job": "label", "shard_bytes": int(opts.shard_mb * 2**20)},
         )
         log.info(
-            "labelling %d clips with %d actor(s) (%s GPU each), up to %d clips / %.0f MB per shard",
+            "labelling %d clips with %d actor(s) (%s GPU, %s torch threads each), up to %d clips / %.0f MB per shard",
             len(todo),
             actors,
             gpus_per_actor,
+            threads or "default",
             per_shard,
             opts.shard_mb,
         )

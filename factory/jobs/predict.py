@@ -46,7 +46,13 @@ from factory.pipelines.sink import (
     write_batch,
     write_run_record,
 )
-from factory.pipelines.stages import ModelStage, decoded_through_actors, default_actors
+from factory.pipelines.stages import (
+    ModelStage,
+    actor_threads,
+    decoded_through_actors,
+    default_actors,
+    set_torch_threads,
+)
 from models.registry import STUDENTS
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,8 @@ class PredictOptions:
     export_png: str | None = None
     overlay_video: str | None = None  # folder for <video>.mp4 overlays
     actors: int | None = None
+    actor_cpus: float = 1.0
+    actor_threads: int | None = None  # None: the actor's CPUs rounded up on CPU
     device: str = "auto"
     dtype: str = "auto"
     all_maps: bool = False  # also write each student's own map
@@ -163,7 +171,9 @@ class PredictActor(ModelStage):
         fusion: str | None,
         all_maps: bool,
         map_size: str = "working",
+        threads: int | None = None,
     ) -> None:
+        set_torch_threads(threads)
         self.predictor = StudentPredictor(students, device, dtype, fusion)
         self.all_maps = all_maps
         self.map_size = map_size
@@ -211,9 +221,11 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
                 "fusion": opts.fusion,
                 "all_maps": opts.all_maps,
                 "map_size": opts.map_size,
+                "threads": actor_threads(opts.actor_threads, opts.actor_cpus, gpus),
             },
             opts.actors or default_actors(gpus),
             gpus,
+            actor_cpus=opts.actor_cpus,
             chunked=True,
         )
         ds = ds.map_batches(

@@ -21,6 +21,17 @@ from factory import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
+# A local Ray keeps an idle task worker for a minute (Ray's default: 1 s once more
+# workers than CPUs exist). The jobs' stages run fractional-CPU tasks (decode 0.5,
+# write 0.25) beside the model actors, so more workers than CPUs come and go all the
+# time; killed after 1 s, each is started again (a Python process importing torch:
+# seconds of CPU on a core the actor could use). Measured on the 2-core machine, label
+# job of 32 x 4 s clips (bench/RESULTS.md): start-up 21.5 -> 14.0 s. Set as the
+# raylet's environment (RAY_<name>, read by Ray's config at start; the same
+# `ray.init(_system_config=...)` left it unchanged in Ray 2.60, measured): a cluster
+# started with `ray start` takes it from the same variable. A value already set wins.
+LOCAL_RAYLET_ENV = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
+
 
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
@@ -35,10 +46,13 @@ def init_ray(
     if os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS"):
         env["RAY_DATA_DISABLE_PROGRESS_BARS"] = os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"]
     started = False
-    if address or os.environ.get("RAY_ADDRESS"):
+    connect = address != "local" and bool(address or os.environ.get("RAY_ADDRESS"))
+    if connect:  # "local": a fresh local Ray, started below, never a running one
         ray.init(address=address, log_to_driver=True)
         log.info("connected to the Ray cluster at %s", address or os.environ.get("RAY_ADDRESS"))
     else:
+        for name, value in LOCAL_RAYLET_ENV.items():  # inherited by the raylet ray.init starts
+            os.environ.setdefault(name, value)
         ray.init(
             address="local",
             num_cpus=num_cpus,

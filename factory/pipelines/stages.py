@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 from ray.data import ActorPoolStrategy
 
 from factory.config import FrameConfig, SpectrogramConfig, from_dict
@@ -210,6 +212,25 @@ def default_actors(gpus_per_actor: float) -> int:
     if gpus_per_actor > 0:
         return max(1, int(cluster_gpus() // gpus_per_actor))
     return max(1, int(cluster_cpus()) - 1)
+
+
+def actor_threads(threads: int | None, actor_cpus: float, gpus_per_actor: float) -> int | None:
+    """Torch intra-op threads of each model actor: ``threads`` when given, else on CPU the
+    actor's CPUs rounded up (a fractional reservation, e.g. the 1.25 CPUs that decode and
+    write leave on a 2-core machine, still gets its second core: those stages are busy a
+    few percent of the time), else None (a GPU actor keeps Ray's setting)."""
+    if threads:
+        return threads
+    if gpus_per_actor > 0:
+        return None
+    return max(1, math.ceil(actor_cpus))
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """In an actor's ``__init__``: use ``threads`` intra-op threads (None: leave as is).
+    Ray starts a CPU actor with ``OMP_NUM_THREADS`` = its whole CPUs, at least 1."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def decoded_through_actors(
