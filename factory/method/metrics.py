@@ -110,14 +110,24 @@ def auc_shuffled(
     neg_idx = np.flatnonzero(other.ravel())
     n_neg = min(sth.size, neg_idx.size)
     rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(splits):
-        cur = s[rng.permutation(neg_idx)[:n_neg]]
-        top = float(max(sth.max(), cur.max()))
-        thresholds = np.arange(0.0, top + 1e-12, step)[::-1]
-        tp = np.concatenate([[0.0], (sth[None, :] >= thresholds[:, None]).mean(axis=1), [1.0]])
-        fp = np.concatenate([[0.0], (cur[None, :] >= thresholds[:, None]).mean(axis=1), [1.0]])
-        aucs.append(np.trapezoid(tp, fp))
+    # one row of negatives per split, drawn exactly as AUC_shuffled.m's loop does
+    negatives = np.stack([s[rng.permutation(neg_idx)[:n_neg]] for _ in range(splits)])
+    # each split's thresholds are top..0 in steps of ``step`` (top: the split's largest
+    # value), i.e. a prefix of one grid; a split scores its own prefix only
+    top = np.maximum(sth.max(), negatives.max(axis=1))
+    used = np.ceil((top + 1e-12) / step).astype(int)  # np.arange's length rule
+    grid = np.arange(int(used.max())) * step
+    tp_at = (sth[:, None] >= grid[None, :]).mean(axis=0)  # (thresholds,)
+    fp_at = (negatives[:, :, None] >= grid[None, None, :]).mean(axis=1)  # (splits, thresholds)
+    # the curve from the highest threshold down: thresholds a split does not use are
+    # (0, 0) points before its first one, which add no area
+    mask = np.arange(grid.size)[None, :] < used[:, None]
+    tp = np.where(mask, tp_at[None, :], 0.0)[:, ::-1]
+    fp = np.where(mask, fp_at, 0.0)[:, ::-1]
+    zeros, ones = np.zeros((splits, 1)), np.ones((splits, 1))
+    tp = np.concatenate([zeros, tp, ones], axis=1)
+    fp = np.concatenate([zeros, fp, ones], axis=1)
+    aucs = np.trapezoid(tp, fp, axis=1)
     return float(np.mean(aucs))
 
 
