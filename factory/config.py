@@ -168,6 +168,22 @@ class ExecutionConfig:
     max_concurrent: int | None = None
     max_failures: int = 2
     encode_actors: int | None = None
+    trainer_data: str = "auto"  # auto | ray_data | files
+
+    def __post_init__(self) -> None:
+        if self.trainer_data not in TRAINER_DATA:
+            raise ValueError(
+                f"trainer data {self.trainer_data!r}: expected one of {', '.join(TRAINER_DATA)}"
+            )
+        if self.trainer_data == "files" and self.workers_per_net > 1:
+            raise ValueError(
+                "--trainer-data files: a net's one worker reads its cache files itself; with "
+                f"{self.workers_per_net} workers per net use ray_data (or auto), which splits "
+                "the cache evenly over the workers"
+            )
+
+
+TRAINER_DATA = ("auto", "ray_data", "files")
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,19 @@ def add_actor_flags(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_trainer_data_flag(p: argparse.ArgumentParser) -> None:
+    """``--trainer-data`` of a job that fits nets with TorchTrainers (train, distil)."""
+    p.add_argument(
+        "--trainer-data",
+        default="auto",
+        choices=["auto", "ray_data", "files"],
+        help="how each net's trainer reads its feature cache: ray_data (a Ray Data dataset "
+        "split over the net's workers, streamed), files (the net's one worker reads the "
+        "Parquet files itself), auto (default: files when one worker's cache fits in its "
+        "memory, else ray_data)",
+    )
+
+
 def options_from(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
     """A job's options dataclass from its parsed flags: every field from the flag of the
     same name (``--batch-size`` -> ``batch_size``), except those ``given`` here (flags

@@ -82,6 +82,7 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         default=None,
         help="nets trained at the same time (default: what the cluster fits)",
     )
+    _bootstrap.add_trainer_data_flag(p)
     p.add_argument(
         "--storage-path", default=None, help="checkpoints and caches (default: <out>/_run)"
     )
@@ -151,6 +152,7 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
             gpus_per_net=a.gpus_per_net,
             cpus_per_worker=a.cpus_per_worker,
             max_concurrent=a.max_concurrent,
+            trainer_data=a.trainer_data,
         ),
         overrides=overrides,
         weights=weights,

@@ -4,12 +4,18 @@ finished run is a no-op, and the nets learn."""
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
+from factory.config import ExecutionConfig
 from factory.io.synthetic import SyntheticConfig, generate
 from factory.jobs.train import FINE_NETS, TrainOptions, coarse_nets, run_train
 from factory.method.bundle import load_bundle
+from factory.pipelines import executors
+from factory.pipelines.executors import RayExecutor
+from factory.train.feature_cache import cache_files
+from factory.train.nets import FitSpec
 
 # 8 clips per tag: with 5 (9 training clips) the held-out accuracy of this corpus hung on
 # the order Ray Data delivered the rows in, and two CI runs read exactly chance; with 8,
@@ -17,8 +23,8 @@ from factory.method.bundle import load_bundle
 WORLD = SyntheticConfig(num_tags=3, clips_per_tag=8, seconds=2.0, seed=31)
 
 
-@pytest.mark.slow(seconds=500)
-@pytest.mark.timeout(1800)  # 13 TorchTrainers on 2 cores: 12-16 min; the suite default is 900 s
+@pytest.mark.slow(seconds=230)
+@pytest.mark.timeout(1800)  # 13 TorchTrainers on 2 cores: 4-8 min; the suite default is 900 s
 def test_train_job_on_ray(tmp_path, ray_session):
     generate(str(tmp_path / "corpus"), WORLD)
     opts = TrainOptions(
@@ -56,6 +62,8 @@ def test_train_job_on_ray(tmp_path, ray_session):
     assert min(s for s, _ in fine) > max(
         e for _, e in spans
     )  # the fine stage needs the coarse boxes
+    # on this small corpus every trainer read its cache files itself (--trainer-data auto)
+    assert {m["nets"][n]["ingest"] for n in m["nets"]} == {"files"}, m["nets"]
     # the nets learn: held-out accuracy above chance (1/3) for the SCAM sources
     accuracy = {
         n: m["nets"][n]["accuracy"] for n in ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine")
@@ -76,3 +84,40 @@ def test_an_epoch_hook_is_named_module_colon_function():
         import_callable("tests.faults.kill_s_after_epoch_1")
     with pytest.raises(ValueError, match="cannot import"):
         import_callable("tests.faults:no_such_hook")
+
+
+@pytest.mark.slow(seconds=25)
+def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray_session):
+    """--trainer-data ray_data (what auto picks for a large cache or several workers): a
+    fine net fitted by a TorchTrainer fed by Ray Data datasets, on the caches the tiny
+    bundle's run left (the local executor writes the same cache files)."""
+    bundle = load_bundle(tiny_bundle["bundle"])
+    cache = os.path.join(tiny_bundle["bundle"], "_run", "features_fine")
+    spec = FitSpec(
+        preset=replace(bundle.preset, train=replace(bundle.preset.train, epochs=2)),
+        vocabulary=bundle.vocabulary,
+        checkpoints=str(tmp_path / "checkpoints"),
+        tune_dir=str(tmp_path / "tune"),
+        cache={r: cache_files(os.path.join(cache, r)) for r in ("train", "holdout")},
+    )
+    executor = RayExecutor(ExecutionConfig(trainer_data="ray_data"))
+    states = executor.fit_nets(("S_fine",), "fine", spec)
+    assert executor.ingest == {"S_fine": "ray_data"}
+    history = states["S_fine"]["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    # the held-out clips came through the trainer's "val" dataset
+    assert history[-1]["eval_examples"] > 0 and history[-1]["accuracy"] is not None
+
+
+def test_trainer_data_auto_reads_small_caches_as_files(tmp_path, monkeypatch):
+    f = tmp_path / "part-0.parquet"
+    f.write_bytes(b"x" * 4096)
+    assert executors.trainer_data("auto", [str(f)], workers=1) == "files"
+    assert executors.trainer_data("auto", [str(f)], workers=2) == "ray_data"  # even split
+    assert executors.trainer_data("ray_data", [str(f)], workers=1) == "ray_data"
+    monkeypatch.setattr(executors, "WORKER_CACHE_MB", 0.001)  # 1 KiB: the file is larger
+    assert executors.trainer_data("auto", [str(f)], workers=1) == "ray_data"
+    with pytest.raises(ValueError, match="workers per net use ray_data"):
+        ExecutionConfig(trainer_data="files", workers_per_net=2)
+    with pytest.raises(ValueError, match="expected one of auto, ray_data, files"):
+        ExecutionConfig(trainer_data="arrow")

@@ -120,6 +120,12 @@ def listdir(uri: str) -> list[str]:
     return sorted(prefix + e if prefix and not e.startswith(prefix) else e for e in entries)
 
 
+def size(uri: str) -> int:
+    """The size of a file in bytes."""
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:

@@ -64,7 +64,7 @@ from factory.train.feature_cache import (
     holdout_keys,
     write_cache,
 )
-from factory.train.nets import FitSpec, train_net
+from factory.train.nets import WORKER_CACHE_MB, FitSpec, train_net
 from models.registry import NetId
 
 log = logging.getLogger(__name__)
@@ -139,16 +139,74 @@ def cache_writer_kwargs(
 
 @dataclass(frozen=True)
 class TrainerSizing:
-    """One net's TorchTrainer on the Ray executor: workers, their CPUs and GPUs, and how
-    many worker failures it survives."""
+    """One net's TorchTrainer on the Ray executor: workers, their CPUs and GPUs, how many
+    worker failures it survives, and how it reads its cache (``files`` or ``ray_data``)."""
 
     cpus_per_worker: float
     workers_per_net: int
     gpus_per_net: float
     max_failures: int
+    data: str = "ray_data"
+
+
+def trainer_data(choice: str, files: list[str], workers: int) -> str:
+    """How the TorchTrainers of a phase read their feature cache. ``ray_data``: a Ray Data
+    dataset per trainer, split evenly over its workers and streamed with prefetching (a
+    large cache, several workers). ``files``: the one worker reads the cache's Parquet
+    files itself, in a fresh order each epoch. ``auto`` (the default) picks ``files`` for a
+    one-worker net whose cache fits the worker's in-memory clip cache (``WORKER_CACHE_MB``:
+    read once, then kept), where a Ray Data pipeline, its split coordinator and its read
+    tasks cost more than the reading (on 2 CPUs the seven coarse nets' phase took 247 s
+    through Ray Data and 116 s reading files, bench/RESULTS.md), else ``ray_data``."""
+    if choice != "auto":
+        return choice
+    if workers > 1:
+        return "ray_data"
+    total = sum(storage.size(f) for f in files)
+    return "files" if total <= WORKER_CACHE_MB * 2**20 else "ray_data"
 
 
 # ---------------------------------------------------------------- the train loop
+
+
+def dataset_rows(seed: int) -> tuple[Any, Any]:
+    """A Ray Train worker's ``train_rows(epoch)`` and ``val_rows()`` over its shards of
+    the trainer's ``train`` and ``val`` datasets."""
+
+    def train_rows(epoch: int) -> Any:
+        for batch in ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=CLIPS_PER_READ,
+            batch_format="numpy",
+            local_shuffle_buffer_size=SHUFFLE_CLIPS,
+            local_shuffle_seed=seed + epoch,
+        ):
+            yield from batch_rows(batch)
+
+    def val_rows() -> Any:
+        shard = ray.train.get_dataset_shard("val")
+        for batch in (
+            shard.iter_batches(batch_size=CLIPS_PER_READ, batch_format="numpy")
+            if shard is not None
+            else []
+        ):
+            yield from batch_rows(batch)
+
+    return train_rows, val_rows
+
+
+def file_rows(files: dict[str, list[str]], seed: int) -> tuple[Any, Any]:
+    """``train_rows(epoch)`` (the training files in a fresh order each epoch) and
+    ``val_rows()`` read straight from the cache's Parquet files."""
+
+    def train_rows(epoch: int) -> Any:
+        for i in np.random.default_rng([seed, epoch, 3]).permutation(len(files["train"])):
+            yield from read_parquet(files["train"][i]).to_pylist()
+
+    def val_rows() -> Any:
+        for f in files["holdout"]:
+            yield from read_parquet(f).to_pylist()
+
+    return train_rows, val_rows
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -166,25 +224,10 @@ def train_loop(config: dict[str, Any]) -> None:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
     spec: FitSpec = config["spec"]
     seed = spec.preset.train.seed
-    train_shard = ray.train.get_dataset_shard("train")
-
-    def train_rows(epoch: int) -> Any:
-        for batch in train_shard.iter_batches(
-            batch_size=CLIPS_PER_READ,
-            batch_format="numpy",
-            local_shuffle_buffer_size=SHUFFLE_CLIPS,
-            local_shuffle_seed=seed + epoch,
-        ):
-            yield from batch_rows(batch)
-
-    def val_rows() -> Any:
-        shard = ray.train.get_dataset_shard("val")
-        for batch in (
-            shard.iter_batches(batch_size=CLIPS_PER_READ, batch_format="numpy")
-            if shard is not None
-            else []
-        ):
-            yield from batch_rows(batch)
+    if config["data"] == "files":  # see trainer_data: this one worker reads the files
+        train_rows, val_rows = file_rows(config["files"], seed)
+    else:
+        train_rows, val_rows = dataset_rows(seed)
 
     def save(state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -195,7 +238,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 checkpoint=Checkpoint.from_directory(d) if state is not None else None,
             )
 
-    has_val = "val" in config.get("datasets", [])
+    has_val = config["val"]
     train_net(
         config["net"],
         spec,
@@ -219,19 +262,23 @@ def net_trial(config: dict[str, Any], spec: FitSpec, sizing: TrainerSizing) -> N
 
     name = config["net"]
     files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
+    if NetId.parse(name).base == "audio":  # the taggers train on train-role clips only
+        files["holdout"] = []
     datasets = {}
     for split, role in (("train", "train"), ("val", "holdout")):
-        if files[role]:
+        if files[role] and sizing.data == "ray_data":
             datasets[split] = ray.data.read_parquet(
                 files[role],
                 ray_remote_args={"num_cpus": DATA_TASK_CPUS},
                 override_num_blocks=max(1, len(files[role])),
             )
-    if (
-        NetId.parse(name).base == "audio"
-    ):  # the taggers train on train-role clips only, split by fold
-        datasets.pop("val", None)
-    loop_config = {"net": name, "spec": spec, "datasets": sorted(datasets)}
+    loop_config = {
+        "net": name,
+        "spec": spec,
+        "data": sizing.data,
+        "files": files,
+        "val": bool(files["holdout"]),
+    }
     resources = {"CPU": sizing.cpus_per_worker}
     if sizing.gpus_per_net > 0:
         resources["GPU"] = sizing.gpus_per_net / sizing.workers_per_net
@@ -251,8 +298,8 @@ def net_trial(config: dict[str, Any], spec: FitSpec, sizing: TrainerSizing) -> N
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=[TuneReportCallback()],
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
     trainer.fit()
 
@@ -321,6 +368,7 @@ class RayExecutor:
 
     def __init__(self, execution: ExecutionConfig, address: str | None = None) -> None:
         self.execution = execution
+        self.ingest: dict[str, str] = {}  # net -> how its trainer read its cache
         init_ray(address)
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
@@ -383,15 +431,22 @@ class RayExecutor:
         concurrent = opts.max_concurrent or max(
             1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
         )
+        data = trainer_data(
+            opts.trainer_data,
+            spec.cache.get("train", []) + spec.cache.get("holdout", []),
+            opts.workers_per_net,
+        )
+        self.ingest.update(dict.fromkeys(names, data))
         sizing = TrainerSizing(
-            per_worker, opts.workers_per_net, opts.gpus_per_net, opts.max_failures
+            per_worker, opts.workers_per_net, opts.gpus_per_net, opts.max_failures, data
         )
         log.info(
-            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker)",
+            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker, cache via %s)",
             phase,
             ", ".join(names),
             concurrent,
             per_worker,
+            data,
         )
         tuner = tune.Tuner(
             tune.with_resources(
@@ -424,6 +479,7 @@ class LocalExecutor:
 
     def __init__(self, execution: ExecutionConfig) -> None:
         self.execution = execution
+        self.ingest: dict[str, str] = {}  # net -> how it read its cache (files, here)
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
         return entries
@@ -476,6 +532,7 @@ class LocalExecutor:
                     yield from read_parquet(f).to_pylist()
 
             log.info("%s: fitting %s in this process", phase, name)
+            self.ingest[name] = "files"
             train_net(
                 name,
                 spec,
