@@ -20,7 +20,7 @@ TEACHER = "SCAM+ (pseudo-fixation)"
 FUSED = STUDENT_COLUMN_NAMES["map"]
 
 
-@pytest.mark.slow(seconds=270)
+@pytest.mark.slow(seconds=105)
 def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     tiny_bundle, heldout_corpus, tmp_path, ray_session
 ):
@@ -30,8 +30,11 @@ def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
         LabelOptions(corpus=train_manifest, bundle=tiny_bundle["bundle"], out=pseudo, preview=False)
     )
     students = str(tmp_path / "students")
+    # 4 epochs, not the teacher preset's 8: the same margins over the bars below at half
+    # the cost (measured 2026-12-06, ratios to the teacher: fused 0.953 / 0.951 at 8,
+    # STA 0.94 / 0.95, STA+ short 0.937 / 0.951, long 0.917 / 0.943)
     meta = run_distill(
-        DistillOptions(pseudo=pseudo, corpus=train_manifest, out=students, local=True)
+        DistillOptions(pseudo=pseudo, corpus=train_manifest, out=students, local=True, epochs=4)
     )
     assert set(meta["history"]) == {"STA", "STA+short", "STA+long"}
     # the held-out split of the pseudo-fixations was scored every epoch
@@ -76,8 +79,8 @@ def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     for name in ("STA", "STA+ short", "STA+ long", FUSED):
         assert name in cc, cc
     # Issue 8's bar: the fused map at 0.9 of its teacher at least, far above the centre
-    # prior. Measured here (bench/RESULTS.md): teacher 0.872, fused 0.867, STA 0.821,
-    # STA+ short 0.778, long 0.713, prior 0.097.
+    # prior. Measured here with 4 epochs (2026-12-06): teacher 0.931, fused 0.888, STA
+    # 0.875, STA+ short 0.872, long 0.854, prior 0.097 (bench/RESULTS.md has 8 epochs).
     assert cc[FUSED] >= 0.9 * cc[TEACHER], cc
     assert cc["STA"] >= 0.85 * cc[TEACHER], cc
     assert min(cc["STA+ short"], cc["STA+ long"]) >= 0.7 * cc[TEACHER], cc
