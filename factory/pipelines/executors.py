@@ -157,7 +157,7 @@ def trainer_data(choice: str, files: list[str], workers: int) -> str:
     one-worker net whose cache fits the worker's in-memory clip cache (``WORKER_CACHE_MB``:
     read once, then kept), where a Ray Data pipeline, its split coordinator and its read
     tasks cost more than the reading (on 2 CPUs the seven coarse nets' phase took 247 s
-    through Ray Data and 116 s reading files, bench/RESULTS.md), else ``ray_data``."""
+    through Ray Data and 117 s reading files, bench/RESULTS.md), else ``ray_data``."""
     if choice != "auto":
         return choice
     if workers > 1:
@@ -210,8 +210,9 @@ def file_rows(files: dict[str, list[str]], seed: int) -> tuple[Any, Any]:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train loop for one net (every rank runs it): data from the dataset shards,
-    checkpoints through ``ray.train.report``; the training itself is
+    """Ray Train loop for one net (every rank runs it): data from its dataset shards or,
+    with ``files`` (:func:`trainer_data`), from the cache files; checkpoints through
+    ``ray.train.report``; the training itself is
     :func:`factory.train.nets.train_net`."""
 
     ctx = ray.train.get_context()
