@@ -279,6 +279,10 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
         for _ in range(2):  # one actor each, plus a CPU for its node's decode and write tasks
             cluster.add_node(num_cpus=max(1, cpus // 2) + 1)
         init_ray(address=cluster.address)
+        # the simulated nodes share the machine's cores: without --actor-threads each
+        # actor runs as many threads as its node has CPUs for it, not the job's default
+        # (the simulated cluster's CPUs shared by the actors: more than the machine has)
+        node_kw = {**kw, "actor_threads": args.actor_threads or max(1, cpus // 2)}
         rows[f"actors_{actors}"] = [
             label_job_rate(
                 manifest,
@@ -286,7 +290,7 @@ def ray_rows(args, manifest: str, bundle_dir: str, work: str, cpus: int) -> dict
                 os.path.join(work, f"a{actors}_{i}"),
                 actors,
                 args.device,
-                **kw,
+                **node_kw,
             )[1]
             for i in range(args.repeats)
         ]
@@ -450,13 +454,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shard-mb", type=float, default=256.0, help="--scale: the job's --shard-mb")
     p.add_argument("--actors", type=int, default=1, help="--scale: labelling actors")
     p.add_argument(
-        "--actor-cpus", type=float, default=1.0, help="rows 4-5 and --scale: the job's --actor-cpus"
+        "--actor-cpus",
+        type=float,
+        default=None,
+        help="rows 4-5 and --scale: the job's --actor-cpus (default: the job's default)",
     )
     p.add_argument(
         "--actor-threads",
         type=int,
         default=None,
-        help="rows 4-5 and --scale: the job's --actor-threads (default: its CPUs rounded up)",
+        help="rows 4-5 and --scale: the job's --actor-threads (default: the job's default; "
+        "row 5: each actor its simulated node's CPUs less one for decode and write)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

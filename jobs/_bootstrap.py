@@ -95,16 +95,18 @@ def add_actor_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--actor-cpus",
         type=float,
-        default=1.0,
-        help=f"CPUs Ray reserves for each {what} actor (decode takes 0.5, each writer 0.25); "
-        "default %(default)s",
+        default=None,
+        help=f"CPUs Ray reserves for each {what} actor (decode takes 0.5, each writer 0.25; "
+        "default: 1 per GPU actor, on CPU the CPUs decode and write leave, shared by the "
+        "actors, at least 1: 1.25 for the one actor of a 2-core machine)",
     )
     p.add_argument(
         "--actor-threads",
         type=positive_int,
         default=None,
-        help=f"torch threads per {what} actor (default: on CPU its --actor-cpus rounded up; "
-        "on a 2-core machine --actor-cpus 1.25 gives the one actor both cores)",
+        help=f"torch threads per {what} actor (default: on CPU the cluster's cores shared by "
+        "the actors, rounded down, at least 1; with --actor-cpus given, those CPUs rounded "
+        "up; a GPU actor keeps Ray's setting)",
     )
 
 

@@ -12,11 +12,13 @@ from factory.io.rejects import ClipError
 from factory.pipelines.stages import (
     OK,
     REJECT,
+    ActorSizing,
     ModelStage,
     actor_threads,
     empty_row,
     from_batch,
     serialize_clip,
+    size_model_actors,
     to_batch,
 )
 
@@ -125,6 +127,25 @@ def test_actor_threads_follow_the_actors_cpus():
     assert actor_threads(None, 0.5, 0.0) == 1
     assert actor_threads(3, 1.0, 0.0) == 3  # given: as given
     assert actor_threads(None, 1.0, 1.0) is None  # a GPU actor keeps Ray's
+
+
+def test_model_actors_share_the_cluster_by_default(monkeypatch):
+    from factory.pipelines import stages
+
+    side = stages.DECODE_CPUS + stages.WRITE_CPUS  # 0.75
+    monkeypatch.setattr(stages, "cluster_cpus", lambda: 2.0)
+    # a 2-core machine: one actor reserves what decode and write leave, runs on both cores
+    assert size_model_actors(None, None, None, 0.0, side) == ActorSizing(1, 1.25, 2)
+    # flags given win; given CPUs keep their own thread rule (rounded up)
+    assert size_model_actors(None, 1.0, None, 0.0, side) == ActorSizing(1, 1.0, 1)
+    assert size_model_actors(2, None, 3, 0.0, side) == ActorSizing(2, 1.0, 3)  # at least 1 CPU
+    monkeypatch.setattr(stages, "cluster_cpus", lambda: 16.0)
+    # a 16-core node: 15 actors of one thread each (not 2: 30 threads on 16 cores)
+    assert size_model_actors(None, None, None, 0.0, side) == ActorSizing(15, 1.01, 1)
+    assert size_model_actors(4, None, None, 0.0, side) == ActorSizing(4, 3.81, 4)
+    # a GPU actor: 1 CPU, Ray's threads
+    monkeypatch.setattr(stages, "cluster_gpus", lambda: 2.0)
+    assert size_model_actors(None, None, None, 1.0, side) == ActorSizing(2, 1.0, None)
 
 
 def test_stage_metrics_are_registered_with_ray(ray_session):

@@ -45,17 +45,17 @@ from factory.pipelines.sink import (
     write_run_record,
 )
 from factory.pipelines.stages import (
+    DECODE_CPUS,
+    WRITE_CPUS,
     ModelStage,
-    actor_threads,
     decoded_through_actors,
-    default_actors,
     set_torch_threads,
+    size_model_actors,
 )
 from factory.train.prepare import record_pool_entries
 
 log = logging.getLogger(__name__)
 
-WRITE_CPUS = 0.25  # per writer task
 # Shards sized for a data lake: at most this many MB of maps per file. 256 MB of Arrow
 # bytes: at the paper preset (360x640 uint8 maps, 8 fps) 14 clips of 10 s; the Parquet
 # file is smaller by its compression (bench/RESULTS.md, "Scale").
@@ -97,9 +97,12 @@ class LabelOptions:
     reject_silent: bool = False
     tag_field: str = "tag"
     address: str | None = None
-    decode_cpus: float = 0.5
-    actor_cpus: float = 1.0
-    # torch threads per label actor; None: its CPUs rounded up on CPU (stages.actor_threads)
+    decode_cpus: float = DECODE_CPUS
+    # CPUs Ray reserves per label actor; None: 1 on GPU, on CPU the CPUs decode and write
+    # leave, shared by the actors (stages.size_model_actors)
+    actor_cpus: float | None = None
+    # torch threads per label actor; None: on CPU the cores shared by the actors, or the
+    # given --actor-cpus rounded up (stages.size_model_actors)
     actor_threads: int | None = None
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
     preview: bool = True
@@ -271,21 +274,26 @@ def run_label(opts: LabelOptions) -> LabelSummary:
         gpus_per_actor = (
             opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
         )
-        actors = opts.actors or default_actors(gpus_per_actor)
-        needed = actors * opts.actor_cpus + opts.decode_cpus + WRITE_CPUS
+        sizing = size_model_actors(
+            opts.actors,
+            opts.actor_cpus,
+            opts.actor_threads,
+            gpus_per_actor,
+            side_cpus=opts.decode_cpus + WRITE_CPUS,
+        )
+        needed = sizing.actors * sizing.cpus + opts.decode_cpus + WRITE_CPUS
         if needed > cluster_cpus():  # an autoscaling cluster may still grow: warn, go on
             log.warning(
                 "label stage: %d actor(s) x %.2g CPU + decode %.2g + write %.2g = %.2g CPUs, but "
                 "the cluster has %.0f now: decoding waits until CPUs are added. Remedy: fewer "
                 "--actors, a smaller --actor-cpus, or more CPUs",
-                actors,
-                opts.actor_cpus,
+                sizing.actors,
+                sizing.cpus,
                 opts.decode_cpus,
                 WRITE_CPUS,
                 needed,
                 cluster_cpus(),
             )
-        threads = actor_threads(opts.actor_threads, opts.actor_cpus, gpus_per_actor)
         t = time.time()
         pool = build_label_pool(listing.records, bundle.preset)
         phases["pool"] = time.time() - t
@@ -305,12 +313,12 @@ def run_label(opts: LabelOptions) -> LabelSummary:
                 "no_source": opts.no_source,
                 "switch_gate": opts.switch_gate,
                 "map_size": opts.map_size,
-                "threads": threads,
+                "threads": sizing.threads,
             },
-            actors,
+            sizing.actors,
             gpus_per_actor,
             batch_size=opts.batch_size,
-            actor_cpus=opts.actor_cpus,
+            actor_cpus=sizing.cpus,
             decode_cpus=opts.decode_cpus,
             chunked=True,
         )
@@ -322,11 +330,13 @@ def run_label(opts: LabelOptions) -> LabelSummary:
             fn_kwargs={"root": opts.out, "job": "label", "shard_bytes": int(opts.shard_mb * 2**20)},
         )
         log.info(
-            "labelling %d clips with %d actor(s) (%s GPU, %s torch threads each), up to %d clips / %.0f MB per shard",
+            "labelling %d clips with %d actor(s) (%s CPU, %s GPU, %s torch threads each), up to "
+            "%d clips / %.0f MB per shard",
             len(todo),
-            actors,
+            sizing.actors,
+            sizing.cpus,
             gpus_per_actor,
-            threads or "default",
+            sizing.threads or "default",
             per_shard,
             opts.shard_mb,
         )

@@ -47,11 +47,12 @@ from factory.pipelines.sink import (
     write_run_record,
 )
 from factory.pipelines.stages import (
+    DECODE_CPUS,
+    WRITE_CPUS,
     ModelStage,
-    actor_threads,
     decoded_through_actors,
-    default_actors,
     set_torch_threads,
+    size_model_actors,
 )
 from models.registry import STUDENTS
 
@@ -70,8 +71,8 @@ class PredictOptions:
     export_png: str | None = None
     overlay_video: str | None = None  # folder for <video>.mp4 overlays
     actors: int | None = None
-    actor_cpus: float = 1.0
-    actor_threads: int | None = None  # None: the actor's CPUs rounded up on CPU
+    actor_cpus: float | None = None  # None: as the label job's (stages.size_model_actors)
+    actor_threads: int | None = None  # None: as the label job's
     device: str = "auto"
     dtype: str = "auto"
     all_maps: bool = False  # also write each student's own map
@@ -210,6 +211,13 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
     frames = 0
     if todo:
         gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+        sizing = size_model_actors(
+            opts.actors,
+            opts.actor_cpus,
+            opts.actor_threads,
+            gpus,
+            side_cpus=DECODE_CPUS + WRITE_CPUS,
+        )
         ds = decoded_through_actors(
             todo,
             preset.to_json(),
@@ -221,15 +229,19 @@ def run_predict(opts: PredictOptions) -> dict[str, Any]:
                 "fusion": opts.fusion,
                 "all_maps": opts.all_maps,
                 "map_size": opts.map_size,
-                "threads": actor_threads(opts.actor_threads, opts.actor_cpus, gpus),
+                "threads": sizing.threads,
             },
-            opts.actors or default_actors(gpus),
+            sizing.actors,
             gpus,
-            actor_cpus=opts.actor_cpus,
+            actor_cpus=sizing.cpus,
+            decode_cpus=DECODE_CPUS,
             chunked=True,
         )
         ds = ds.map_batches(
-            write_batch, batch_size=8, num_cpus=0.25, fn_kwargs={"root": opts.out, "job": "predict"}
+            write_batch,
+            batch_size=8,
+            num_cpus=WRITE_CPUS,
+            fn_kwargs={"root": opts.out, "job": "predict"},
         )
         stream = consume(ds, len(todo), t0, "predict")
         frames = stream.frames

@@ -18,6 +18,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -205,6 +206,10 @@ def record_stage(job: str, stage: str, rows: list[dict[str, Any]], seconds: floa
     metrics.record(job, stage, len(rows), frames, rejects, seconds)
 
 
+DECODE_CPUS = 0.5  # CPUs of a decode task (the first stage of every model job)
+WRITE_CPUS = 0.25  # CPUs of a writer task (label, predict)
+
+
 def default_actors(gpus_per_actor: float) -> int:
     """Actor pool size when none is given: every GPU used (one actor per ``gpus_per_actor``
     GPUs), else all CPUs but one (decode and write need a CPU)."""
@@ -226,6 +231,43 @@ def actor_threads(threads: int | None, actor_cpus: float, gpus_per_actor: float)
     return max(1, math.ceil(actor_cpus))
 
 
+@dataclass(frozen=True)
+class ActorSizing:
+    """How many model actors a job starts, the CPUs Ray reserves for each and their torch
+    threads (None: Ray's setting)."""
+
+    actors: int
+    cpus: float
+    threads: int | None
+
+
+def size_model_actors(
+    actors: int | None,
+    actor_cpus: float | None,
+    threads: int | None,
+    gpus_per_actor: float,
+    side_cpus: float,
+) -> ActorSizing:
+    """The model stage's sizing from the job's flags (None: the default).
+
+    ``actors``: :func:`default_actors`. ``actor_cpus``: given, else 1 for a GPU actor and,
+    on CPU, the cluster's CPUs left after the side stages (``side_cpus``: decode and
+    write) shared by the actors, at least 1: on a 2-core machine the one actor reserves
+    1.25. ``threads``: given, else for given CPUs :func:`actor_threads` (rounded up), else
+    on CPU the cluster's cores shared by the actors, rounded down, at least 1 (2 for the
+    one actor of a 2-core machine, 1 each for the 15 actors of a 16-core node: decode and
+    write are busy a few percent of the time, so they need no core of their own, and a
+    thread per reserved CPU rounded up would put 30 threads on 16 cores there)."""
+    n = actors or default_actors(gpus_per_actor)
+    if actor_cpus is not None:
+        return ActorSizing(n, actor_cpus, actor_threads(threads, actor_cpus, gpus_per_actor))
+    if gpus_per_actor > 0:
+        return ActorSizing(n, 1.0, actor_threads(threads, 1.0, gpus_per_actor))
+    total = cluster_cpus()
+    share = max(1.0, math.floor((total - side_cpus) / n * 100) / 100)
+    return ActorSizing(n, share, threads or max(1, int(total // n)))
+
+
 def set_torch_threads(threads: int | None) -> None:
     """In an actor's ``__init__``: use ``threads`` intra-op threads (None: leave as is).
     Ray starts a CPU actor with ``OMP_NUM_THREADS`` = its whole CPUs, at least 1."""
@@ -242,7 +284,7 @@ def decoded_through_actors(
     gpus_per_actor: float,
     batch_size: int = 1,
     actor_cpus: float = 1.0,
-    decode_cpus: float = 0.5,
+    decode_cpus: float = DECODE_CPUS,
     chunked: bool = False,
 ) -> Any:
     """The first two stages of every job that runs a model over clips (label, predict, the
