@@ -7,9 +7,14 @@ with ``--ablation`` (the label job on a local Ray) and score every variant's raw
 against the ground truth. Prints one Markdown table (held-out accuracy of the nets, CC
 of each map) and writes the raw figures as JSON.
 
-    python bench/world_knobs.py [--settings table1,no-palette,...] [--json bench/results/world_knobs.json]
+    python bench/world_knobs.py [--settings table1,no-palette,...] [--seeds 0,1,2]
+                                [--json bench/results/world_knobs.json]
 
-Each setting costs a bundle fit (about 4-5 minutes on 2 cores at the Table 1 size).
+Each setting costs a bundle fit per seed (8-9 minutes on 2 cores at the Table 1 size with
+the 8 pair ``+`` nets; 4-5 with the earlier 3 shared ones). ``--seeds``: the fit's seed
+(``TrainConfig.seed``: encoder pretraining, the nets' initialisation and their sampling);
+the worlds stay the same (training world seed 0, held-out world seed 1), so the rows of
+one setting differ by the fit alone, and a mean row follows them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ SETTINGS: dict[str, SyntheticConfig] = {
     "hard": HARD_WORLD,
     "easy-4-tags": SyntheticConfig(num_tags=4, clips_per_tag=10, seconds=2.0),
 }
-NETS = ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine", "S+", "ST+", "SA+")
 COLUMNS = (
     "map_cam_s",
     "map_ac",
@@ -50,7 +54,7 @@ COLUMNS = (
 )
 
 
-def run_setting(name: str, cfg: SyntheticConfig, root: str) -> dict:
+def run_setting(name: str, cfg: SyntheticConfig, root: str, seed: int = 0) -> dict:
     from factory.evaluation.evaluate import evaluate
     from factory.io.synthetic import generate
     from factory.jobs.label import LabelOptions, run_label
@@ -58,17 +62,26 @@ def run_setting(name: str, cfg: SyntheticConfig, root: str) -> dict:
     from factory.method.labeler import MAP_NAMES
 
     t0 = time.time()
-    base = os.path.join(root, name)
+    base = os.path.join(root, name if not seed else f"{name}-seed{seed}")
     train = os.path.join(base, "train")
     held = os.path.join(base, "heldout")
     generate(train, cfg.replace(seed=0))
     generate(held, cfg.replace(clips_per_tag=2, seed=1, split_fractions=(0.0, 0.0, 1.0)))
     bundle = os.path.join(base, "bundle")
     result = run_train(
-        TrainOptions(corpus=os.path.join(train, "manifest.csv"), out=bundle, preset="tiny"),
+        TrainOptions(
+            corpus=os.path.join(train, "manifest.csv"),
+            out=bundle,
+            preset="tiny",
+            overrides={"seed": seed} if seed else {},
+        ),
         local=True,
     )
-    accuracy = {n: m.get("accuracy") for n, m in result["metrics"]["nets"].items() if n in NETS}
+    accuracy = {
+        n: m["accuracy"]
+        for n, m in result["metrics"]["nets"].items()
+        if m.get("accuracy") is not None
+    }
     out = os.path.join(base, "labels")
     run_label(
         LabelOptions(
@@ -93,15 +106,37 @@ def run_setting(name: str, cfg: SyntheticConfig, root: str) -> dict:
     }
 
 
+def plus_accuracy(accuracy: dict[str, float]) -> str:
+    """The range of the ``+`` nets' held-out accuracy ("-" when none was recorded)."""
+    plus = [a for n, a in accuracy.items() if "+" in n]
+    return f"{min(plus):.2f}-{max(plus):.2f}" if plus else "-"
+
+
 def table(results: dict[str, dict]) -> str:
-    head = ["setting", *(f"acc {n}" for n in ("S", "ST", "SA", "S_fine", "S+")), *COLUMNS, "prior"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["setting", *(f"acc {n}" for n in ("S", "ST", "SA", "S_fine")), "acc +", *COLUMNS]
+    lines = ["| " + " | ".join([*head, "prior"]) + " |", "|" + "---|" * (len(head) + 1)]
     for name, r in results.items():
-        acc = [r["accuracy"].get(n) for n in ("S", "ST", "SA", "S_fine", "S+")]
+        acc = [r["accuracy"].get(n) for n in ("S", "ST", "SA", "S_fine")]
         cells = [f"{a:.2f}" if isinstance(a, float) else "-" for a in acc]
+        cells.append(plus_accuracy(r["accuracy"]))
         cells += [f"{r['cc'].get(c, float('nan')):.3f}" for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['centre_prior_cc']:.3f} |")
     return "\n".join(lines)
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """The mean over a setting's seeds of every accuracy and CC."""
+
+    def mean(key: str) -> dict[str, float]:
+        names = set.intersection(*(set(r[key]) for r in rows))
+        return {n: sum(r[key][n] for r in rows) / len(rows) for n in sorted(names)}
+
+    return {
+        "accuracy": mean("accuracy"),
+        "cc": mean("cc"),
+        "centre_prior_cc": sum(r["centre_prior_cc"] for r in rows) / len(rows),
+        "seconds": sum(r["seconds"] for r in rows),
+    }
 
 
 def main() -> None:
@@ -109,19 +144,30 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings")
+    p.add_argument("--seeds", default="0", help="comma-separated fit seeds (TrainConfig.seed)")
     p.add_argument("--root", default=os.path.join("runs", "world_knobs"))
     p.add_argument("--json", default=None, help="write the raw figures here")
     a = p.parse_args()
     from factory.pipelines.cluster import init_ray
 
     init_ray()
+    seeds = [int(x) for x in a.seeds.split(",")]
     results = {}
     for name in a.settings.split(","):
-        results[name] = run_setting(name, SETTINGS[name], a.root)
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(results, f, indent=1)
+        rows = []
+        for seed in seeds:
+            key = name if len(seeds) == 1 else f"{name} seed {seed}"
+            rows.append(run_setting(name, SETTINGS[name], a.root, seed))
+            results[key] = rows[-1]
+            print(f"{key}: {json.dumps(results[key])}", flush=True)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(results, f, indent=1)
+        if len(seeds) > 1:
+            results[f"{name} mean"] = mean_row(rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
     print(table(results))
 
 
