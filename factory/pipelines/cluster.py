@@ -85,6 +85,12 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1))
 
 
+def largest_node_cpus() -> float:
+    """The CPUs of the biggest live node: no actor can reserve more than one node has."""
+    alive = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return float(max(alive, default=cluster_cpus()))
+
+
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 

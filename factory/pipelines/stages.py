@@ -33,7 +33,7 @@ from factory.io.decode import ClipTooLong, DecodedClip, decode_clip
 from factory.io.rejects import ClipError, Reject
 from factory.io.store import ShardStore
 from factory.pipelines import metrics
-from factory.pipelines.cluster import cluster_cpus, cluster_gpus
+from factory.pipelines.cluster import cluster_cpus, cluster_gpus, largest_node_cpus
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +252,10 @@ def size_model_actors(
 
     ``actors``: :func:`default_actors`. ``actor_cpus``: given, else 1 for a GPU actor and,
     on CPU, the cluster's CPUs left after the side stages (``side_cpus``: decode and
-    write) shared by the actors, at least 1: on a 2-core machine the one actor reserves
-    1.25. ``threads``: given, else for given CPUs :func:`actor_threads` (rounded up), else
-    on CPU the cluster's cores shared by the actors, rounded down, at least 1 (2 for the
+    write) shared by the actors, at most what one node has beside them, at least 1: on a
+    2-core machine the one actor reserves 1.25. ``threads``: given, else for given CPUs :func:`actor_threads` (rounded up), else
+    on CPU the cluster's cores shared by the actors, rounded down, at most a node's, at
+    least 1 (2 for the
     one actor of a 2-core machine, 1 each for the 15 actors of a 16-core node: decode and
     write are busy a few percent of the time, so they need no core of their own, and a
     thread per reserved CPU rounded up would put 30 threads on 16 cores there)."""
@@ -263,9 +264,14 @@ def size_model_actors(
         return ActorSizing(n, actor_cpus, actor_threads(threads, actor_cpus, gpus_per_actor))
     if gpus_per_actor > 0:
         return ActorSizing(n, 1.0, actor_threads(threads, 1.0, gpus_per_actor))
-    total = cluster_cpus()
-    share = max(1.0, math.floor((total - side_cpus) / n * 100) / 100)
-    return ActorSizing(n, share, threads or max(1, int(total // n)))
+    # An actor lives on one node and its node must still run decode and write (after a
+    # node is lost the restarted actor lands beside them): the share is capped at the
+    # biggest node's CPUs less the side stages (a 3.25-CPU actor on a cluster of 2-CPU
+    # nodes never started, CI 2026-12-06).
+    total, node = cluster_cpus(), largest_node_cpus()
+    share = min((total - side_cpus) / n, node - side_cpus)
+    cores = min(total // n, node)
+    return ActorSizing(n, max(1.0, math.floor(share * 100) / 100), threads or max(1, int(cores)))
 
 
 def set_torch_threads(threads: int | None) -> None:
