@@ -92,6 +92,8 @@ def run_setting(name: str, cfg: SyntheticConfig, root: str, seed: int = 0) -> di
             preview=False,
         )
     )
+    from scam_plus import selection  # bench/ is on the path when this script runs
+
     report = evaluate(out, held)
     cc = {
         c: report.methods[MAP_NAMES[c]]["dataset"]["cc"]
@@ -102,6 +104,9 @@ def run_setting(name: str, cfg: SyntheticConfig, root: str, seed: int = 0) -> di
         "accuracy": accuracy,
         "cc": cc,
         "centre_prior_cc": report.methods["center prior"]["dataset"]["cc"],
+        # Eq. 3's selections, Eq. 8's weights (mean selected confidence per source), the
+        # frames no source selects and the audio switch per kind of clip
+        "selection": selection(out, held),
         "seconds": round(time.time() - t0, 1),
     }
 
