@@ -134,21 +134,23 @@ def test_model_actors_share_the_cluster_by_default(monkeypatch):
 
     side = stages.DECODE_CPUS + stages.WRITE_CPUS  # 0.75
     monkeypatch.setattr(stages, "cluster_cpus", lambda: 2.0)
-    monkeypatch.setattr(stages, "largest_node_cpus", lambda: 2.0)
+    monkeypatch.setattr(stages, "node_cpus", lambda: [2.0])
     # a 2-core machine: one actor reserves what decode and write leave, runs on both cores
     assert size_model_actors(None, None, None, 0.0, side) == ActorSizing(1, 1.25, 2)
     # flags given win; given CPUs keep their own thread rule (rounded up)
     assert size_model_actors(None, 1.0, None, 0.0, side) == ActorSizing(1, 1.0, 1)
     assert size_model_actors(2, None, 3, 0.0, side) == ActorSizing(2, 1.0, 3)  # at least 1 CPU
     monkeypatch.setattr(stages, "cluster_cpus", lambda: 16.0)
-    monkeypatch.setattr(stages, "largest_node_cpus", lambda: 16.0)
+    monkeypatch.setattr(stages, "node_cpus", lambda: [16.0])
     # a 16-core node: 15 actors of one thread each (not 2: 30 threads on 16 cores)
     assert size_model_actors(None, None, None, 0.0, side) == ActorSizing(15, 1.01, 1)
     assert size_model_actors(4, None, None, 0.0, side) == ActorSizing(4, 3.81, 4)
     # two 2-CPU nodes: the actor fits one node beside decode and write (not 3.25 CPUs)
     monkeypatch.setattr(stages, "cluster_cpus", lambda: 4.0)
-    monkeypatch.setattr(stages, "largest_node_cpus", lambda: 2.0)
+    monkeypatch.setattr(stages, "node_cpus", lambda: [2.0, 2.0])
     assert size_model_actors(1, None, None, 0.0, side) == ActorSizing(1, 1.25, 2)
+    # by default one actor a node, each fitting its node (3 actors of 1.08: only 2 fit)
+    assert size_model_actors(None, None, None, 0.0, side) == ActorSizing(2, 1.25, 2)
     # a GPU actor: 1 CPU, Ray's threads
     monkeypatch.setattr(stages, "cluster_gpus", lambda: 2.0)
     assert size_model_actors(None, None, None, 1.0, side) == ActorSizing(2, 1.0, None)

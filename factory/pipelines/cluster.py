@@ -85,10 +85,10 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1))
 
 
-def largest_node_cpus() -> float:
-    """The CPUs of the biggest live node: no actor can reserve more than one node has."""
-    alive = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    return float(max(alive, default=cluster_cpus()))
+def node_cpus() -> list[float]:
+    """The CPUs of each live node (an actor's reservation must fit one of them)."""
+    alive = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    return [c for c in alive if c > 0] or [cluster_cpus()]
 
 
 def cluster_gpus() -> float:

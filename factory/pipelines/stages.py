@@ -33,7 +33,7 @@ from factory.io.decode import ClipTooLong, DecodedClip, decode_clip
 from factory.io.rejects import ClipError, Reject
 from factory.io.store import ShardStore
 from factory.pipelines import metrics
-from factory.pipelines.cluster import cluster_cpus, cluster_gpus, largest_node_cpus
+from factory.pipelines.cluster import cluster_cpus, cluster_gpus, node_cpus
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +212,13 @@ WRITE_CPUS = 0.25  # CPUs of a writer task (label, predict)
 
 def default_actors(gpus_per_actor: float) -> int:
     """Actor pool size when none is given: every GPU used (one actor per ``gpus_per_actor``
-    GPUs), else all CPUs but one (decode and write need a CPU)."""
+    GPUs), else on each node all its CPUs but one (decode and write need a CPU), at least
+    one a node: counted per node, so that the actors' CPU shares fit the nodes they land
+    on (15 on one 16-core node; 2 on two 2-CPU nodes, not 3 that only 2 could hold)."""
 
     if gpus_per_actor > 0:
         return max(1, int(cluster_gpus() // gpus_per_actor))
-    return max(1, int(cluster_cpus()) - 1)
+    return sum(max(1, int(c) - 1) for c in node_cpus())
 
 
 def actor_threads(threads: int | None, actor_cpus: float, gpus_per_actor: float) -> int | None:
@@ -268,7 +270,7 @@ def size_model_actors(
     # node is lost the restarted actor lands beside them): the share is capped at the
     # biggest node's CPUs less the side stages (a 3.25-CPU actor on a cluster of 2-CPU
     # nodes never started, CI 2026-12-06).
-    total, node = cluster_cpus(), largest_node_cpus()
+    total, node = cluster_cpus(), max(node_cpus())
     share = min((total - side_cpus) / n, node - side_cpus)
     cores = min(total // n, node)
     return ActorSizing(n, max(1.0, math.floor(share * 100) / 100), threads or max(1, int(cores)))
