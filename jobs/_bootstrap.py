@@ -90,7 +90,7 @@ def add_actor_flags(p: argparse.ArgumentParser, what: str) -> None:
         "--actors",
         type=positive_int,
         default=None,
-        help=f"{what} actors (default: one per GPU, else CPUs - 1)",
+        help=f"{what} actors (default: one per GPU, else each node's CPUs - 1, summed)",
     )
     p.add_argument(
         "--actor-cpus",
