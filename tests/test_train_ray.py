@@ -49,16 +49,18 @@ def test_train_job_on_ray(tmp_path, ray_session):
     assert os.path.exists(os.path.join(opts.out, "_run", ".injected_failure"))
     assert [h["epoch"] for h in m["nets"]["S"]["history"]] == [0, 1, 2, 3]
     # the coarse nets and the switch ran concurrently, and so did the fine nets: the
-    # phase's wall time is well below the sum of its nets' own times (run one after
-    # another, the two would be equal). Not "one instant inside every run": on a loaded
-    # 2-core machine a TorchTrainer can take minutes to start, after a short net ended.
+    # phase's wall time is below the sum of its nets' own times (run one after another,
+    # the sum could not exceed the wall time). Not "one instant inside every run": on a
+    # loaded 2-core machine a TorchTrainer can take minutes to start, after a short net
+    # ended. The margin is 1.2, not 1.5: the fine nets now train in 3-4 s each, so their
+    # start-up skew is a large part of the phase (a run here: sum 10.3 s, wall 7.0 s).
     spans = [
         (m["nets"][n]["started_at"], m["nets"][n]["ended_at"]) for n in coarse_nets(bundle.preset)
     ]
     fine = [(m["nets"][n]["started_at"], m["nets"][n]["ended_at"]) for n in FINE_NETS]
     for phase in (spans, fine):
         wall = max(e for _, e in phase) - min(s for s, _ in phase)
-        assert sum(e - s for s, e in phase) >= 1.5 * wall, phase
+        assert sum(e - s for s, e in phase) >= 1.2 * wall, phase
     assert min(s for s, _ in fine) > max(
         e for _, e in spans
     )  # the fine stage needs the coarse boxes
