@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
 
     bundle = load_bundle(a.bundle)
-    td, tr = bundle.preset.cgcn.td, bundle.preset.cgcn.tr
+    seen: set[tuple[float, float]] = set()  # the (Td, Tr) the labeller used (tuned or preset)
     counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     step = {"i": 0}
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         dead = peak <= 0
         mask = cm < td_ * cm.amax(dim=(-2, -1), keepdim=True)
         high = (~mask).float().mean(dim=(-2, -1))  # kept share per node map
+        seen.add((td_, tr_))
         c = counts[step["i"] % bundle.preset.cgcn.steps]
         c["maps"] += float(dead.numel())
         c["dead"] += float(dead.sum())
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bundle": a.bundle,
         "clips": len(records) - len(skipped),
         "skipped": skipped,
-        "td": td,
-        "tr": tr,
+        "td_tr": sorted(seen),
         "steps": {
             s: {
                 "node_maps": int(c["maps"]),

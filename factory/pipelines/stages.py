@@ -255,12 +255,12 @@ def size_model_actors(
     ``actors``: :func:`default_actors`. ``actor_cpus``: given, else 1 for a GPU actor and,
     on CPU, the cluster's CPUs left after the side stages (``side_cpus``: decode and
     write) shared by the actors, at most what one node has beside them, at least 1: on a
-    2-core machine the one actor reserves 1.25. ``threads``: given, else for given CPUs :func:`actor_threads` (rounded up), else
-    on CPU the cluster's cores shared by the actors, rounded down, at most a node's, at
-    least 1 (2 for the
-    one actor of a 2-core machine, 1 each for the 15 actors of a 16-core node: decode and
-    write are busy a few percent of the time, so they need no core of their own, and a
-    thread per reserved CPU rounded up would put 30 threads on 16 cores there)."""
+    2-core machine the one actor reserves 1.25. ``threads``: given, else for given CPUs
+    :func:`actor_threads` (rounded up), else on CPU the cluster's cores shared by the
+    actors, rounded down, at most a node's, at least 1 (2 for the one actor of a 2-core
+    machine, 1 each for the 15 actors of a 16-core node: decode and write are busy a few
+    percent of the time, so they need no core of their own, and a thread per reserved CPU
+    rounded up would put 30 threads on 16 cores there)."""
     n = actors or default_actors(gpus_per_actor)
     if actor_cpus is not None:
         return ActorSizing(n, actor_cpus, actor_threads(threads, actor_cpus, gpus_per_actor))
