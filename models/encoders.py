@@ -1,10 +1,10 @@
 """Encoders (Eq. 4): the image trunk, the stride-8 dilated VGG16, and the audio encoder.
 
-Built from torchvision's own block definitions, with module names that mirror
-torchvision's so its state dicts load as they are. Weights are never downloaded: a
-config names a local or ``s3://`` file, read by :func:`factory.io.storage.load_state_dict`
-and handed to the ``load_*_weights`` function of the encoder, the one place that
-remaps checkpoint keys for that encoder.
+Built from torchvision's block definitions (restated in :mod:`models.resnet_blocks`),
+with module names that mirror torchvision's so its state dicts load as they are. Weights
+are never downloaded: a config names a local or ``s3://`` file, read by
+:func:`factory.io.storage.load_state_dict` and handed to the ``load_*_weights`` function
+of the encoder, the one place that remaps checkpoint keys for that encoder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.config import (
     PLUS_STRIDE,
@@ -23,6 +22,7 @@ from models.config import (
     EncodersConfig,
     ImageTrunkConfig,
 )
+from models.resnet_blocks import BasicBlock, Bottleneck
 
 # Channel taps of the image trunk, named as the paper names the side outputs (Eq. 16):
 # F3 = layer2, F4 = layer3 (the S net's input), F5 = layer4 (ST / SA / STA input).

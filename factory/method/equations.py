@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 # Below this range a map is treated as constant: Z maps it to zeros instead of dividing
 # by ~0 (a flat map carries no saliency).
@@ -214,6 +213,11 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
     the box is larger than the output). ``images`` (B, C, H, W) float, ``boxes`` (B, 4)
     normalised -> (B, C, size[0], size[1]). Uses ``roi_align`` so it runs batched on the
     device holding the frames."""
+    # Imported here, not at the top: torchvision's import (every model family, its ops,
+    # torch._dynamo) costs ~1 s of CPU per process, and most processes that import this
+    # module (trainers, Tune trials, decode and cache tasks) never crop.
+    from torchvision.ops import roi_align
+
     b, _, h, w = images.shape
     scale = torch.tensor([w, h, w, h], dtype=images.dtype, device=images.device)
     rois = torch.cat(
