@@ -14,6 +14,19 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# The suite's pytest-xdist workers share the machine's cores: each worker's torch (and
+# the jobs it starts, which inherit the variable) gets its share of them. torch's
+# OpenMP threads spin while they wait, so two processes with a thread per core each
+# slow each other down many times over: a small conv net's 40 training steps took
+# 0.37 s alone and 15.8 s each with two such processes at once on the 2-core machine
+# (0.66 s each with one thread per process). Ray's workers inherit it too, except
+# where the code sets a count itself (the labelling actors: their CPUs). Set in the
+# workers only (the variable names their count), before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "OMP_NUM_THREADS",
+        str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))),
+    )
 # Tests never touch a real cloud: a fixed dummy identity for the local S3 server.
 S3_KEY_ID = "testing-key-id"
 S3_SECRET = "testing-secret-value-0123456789"
@@ -173,3 +186,28 @@ def heldout_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("heldout")
     meta = generate(str(root), HELDOUT_WORLD)
     return str(root), meta
+
+
+@pytest.fixture(scope="session")
+def label_reference(tiny_bundle, tmp_path_factory):
+    """One uninterrupted run of ``jobs/label.py`` over the held-out corpus with every kind
+    of bad input, shared by the run's pytest-xdist workers (the first to need it writes
+    it under a file lock): the fault tests and the kill -9 test compare their interrupted
+    runs with it. The manifest names files in the shared folder, so both workers can use
+    it."""
+    import pyarrow.parquet as pq
+    from filelock import FileLock
+    from test_label import held_out_manifest, rows_of, run_label_cli
+
+    shared = shared_tmp(tmp_path_factory) / "label_reference"
+    shared.mkdir(exist_ok=True)
+    out = shared / "reference"
+    with FileLock(str(shared / "lock")):
+        held = str(shared / "heldout")
+        meta = generate(held, HELDOUT_WORLD)  # cached: a no-op once written
+        manifest = held_out_manifest((held, meta), shared)
+        if not (out / "_manifest.json").exists():  # written last by a finished run
+            run_label_cli(manifest, tiny_bundle["bundle"], str(out))
+    keys, maps = rows_of(str(out))
+    rejects = sorted(pq.read_table(str(out / "rejects.parquet"))["input"].to_pylist())
+    return {"manifest": manifest, "keys": keys, "maps": maps, "rejects": rejects}
