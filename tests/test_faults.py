@@ -14,22 +14,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from faults import MULTINODE_DRIVER, CuttableProxy, kill_all, pids_matching, wait_for_shards
-from test_label import held_out_manifest, rows_of, run_label_cli, start_label_cli
+from test_label import rows_of, run_label_cli, start_label_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bundle, heldout_corpus, tmp_path_factory):
-    """An uninterrupted run over the held-out corpus with every kind of bad input."""
-    tmp = tmp_path_factory.mktemp("fault_reference")
-    manifest = held_out_manifest(heldout_corpus, tmp)
-    out = str(tmp / "reference")
-    run_label_cli(manifest, tiny_bundle["bundle"], out, ENV)
-    keys, maps = rows_of(out)
-    rejects = sorted(pq.read_table(os.path.join(out, "rejects.parquet"))["input"].to_pylist())
-    return {"manifest": manifest, "keys": keys, "maps": maps, "rejects": rejects}
+@pytest.fixture
+def reference(label_reference):
+    """An uninterrupted run over the held-out corpus with every kind of bad input (one
+    for the whole test run: conftest.label_reference)."""
+    return label_reference
 
 
 def assert_same_as_reference(out, reference):

@@ -408,14 +408,13 @@ def rows_of(out):
     return keys, maps
 
 
-@pytest.mark.slow(seconds=110)
-def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, heldout_corpus, tmp_path):
+@pytest.mark.slow(seconds=85)
+def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, label_reference, tmp_path):
     """A run killed with SIGKILL mid-way and started again ends with the same rows as an
-    uninterrupted run: none lost, none duplicated."""
-    manifest = held_out_manifest(heldout_corpus, tmp_path, bad_inputs=True)
+    uninterrupted run (conftest.label_reference, the same manifest and command): none
+    lost, none duplicated."""
+    manifest = label_reference["manifest"]
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    reference = str(tmp_path / "reference")
-    run_label_cli(manifest, tiny_bundle["bundle"], reference, env)
     out = str(tmp_path / "killed")
     proc = subprocess.Popen(
         label_cmd(manifest, tiny_bundle["bundle"], out),
@@ -439,15 +438,15 @@ def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, heldout_corpus, tm
     assert not os.path.exists(os.path.join(out, "_manifest.json"))
     again = run_label_cli(manifest, tiny_bundle["bundle"], out, env)
     assert "accounting: inputs" in again.stdout
-    ref_keys, ref_maps = rows_of(reference)
+    ref_keys, ref_maps = label_reference["keys"], label_reference["maps"]
     keys, maps = rows_of(out)
     assert len(keys) == len(set(keys)), "duplicated rows after the restart"
     assert sorted(keys) == sorted(ref_keys), "rows lost or added after the restart"
     assert all(np.abs(maps[k].astype(int) - ref_maps[k].astype(int)).max() <= 1 for k in keys)
-    ref_rejects = pq.read_table(os.path.join(reference, "rejects.parquet"))["input"].to_pylist()
-    assert sorted(
-        pq.read_table(os.path.join(out, "rejects.parquet"))["input"].to_pylist()
-    ) == sorted(ref_rejects)
+    assert (
+        sorted(pq.read_table(os.path.join(out, "rejects.parquet"))["input"].to_pylist())
+        == label_reference["rejects"]
+    )
     assert partial >= 2
 
 

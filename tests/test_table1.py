@@ -76,7 +76,7 @@ def write_stavis(held_root, meta, root, db="AVAD"):
     return f"{root}::{db}"
 
 
-@pytest.mark.slow(seconds=160)
+@pytest.mark.slow(seconds=90)
 def test_ablate_on_a_stavis_layout_validation_set(
     tiny_bundle, heldout_corpus, tmp_path, ray_session
 ):
@@ -90,12 +90,15 @@ def test_ablate_on_a_stavis_layout_validation_set(
             val=os.path.join(held_root, "videos"),  # untagged videos: students only
             val_gt=gt,
             seeds=2,
-            epochs=2,
-            variants=("map_scam_fine", PSEUDO),
+            # 1 epoch, SCAM+ only: the held-out CC is ~0.69 against the centre prior's
+            # 0.10 after one epoch (the --quick test's table, 2026-12-07); every variant
+            # has its student in the --quick test above
+            epochs=1,
+            variants=(PSEUDO,),
             local=True,
         )
     )
-    assert set(table.students) == {"map_scam_fine", PSEUDO, FUSED}
+    assert set(table.students) == {PSEUDO, FUSED}
     assert all(len(runs) == 2 for runs in table.students.values())
     assert table.raw == {}  # no tags: no raw maps, and the table says so with "-"
     assert table.info["heldout"]["clips"] == len(meta["clips"])
@@ -103,5 +106,5 @@ def test_ablate_on_a_stavis_layout_validation_set(
     for v in (PSEUDO, FUSED):
         assert table.summary(v)["cc"][0] > table.centre_prior["cc"], table.to_json()
     # two seeds differ in their initialisation, so the two students differ
-    a, b = table.students["map_scam_fine"]
+    a, b = table.students[PSEUDO]
     assert a["cc"] != b["cc"]

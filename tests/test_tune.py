@@ -155,7 +155,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         "--val",
         root,
         "--num-samples",
-        "3",
+        "2",
         "--epochs",
         "1",
         "--max-val-clips",
@@ -176,14 +176,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = finished_trials(experiment)
-    assert 1 <= len(before) < 3
+    assert len(before) == 1  # one trial at a time: the kill came before the second ended
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
     after = finished_trials(experiment)
-    assert len(after) == 3
+    assert len(after) == 2
     for trial, lines in before.items():
         assert after[trial] == lines, f"finished trial {trial} was run again"
-    assert load_bundle(bundle_uri).tuned["trials"] == 3
+    assert load_bundle(bundle_uri).tuned["trials"] == 2
 
 
 def test_a_flat_sweep_is_named_with_the_pairs_never_selected():
