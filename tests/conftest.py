@@ -14,19 +14,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-# The suite's pytest-xdist workers share the machine's cores: each worker's torch (and
-# the jobs it starts, which inherit the variable) gets its share of them. torch's
-# OpenMP threads spin while they wait, so two processes with a thread per core each
-# slow each other down many times over: a small conv net's 40 training steps took
-# 0.37 s alone and 15.8 s each with two such processes at once on the 2-core machine
-# (0.66 s each with one thread per process). Ray's workers inherit it too, except
-# where the code sets a count itself (the labelling actors: their CPUs). Set in the
-# workers only (the variable names their count), before anything imports torch.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault(
-        "OMP_NUM_THREADS",
-        str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))),
-    )
 # Tests never touch a real cloud: a fixed dummy identity for the local S3 server.
 S3_KEY_ID = "testing-key-id"
 S3_SECRET = "testing-secret-value-0123456789"
