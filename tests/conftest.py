@@ -122,9 +122,10 @@ TEST_TRAINING = {"epochs": 8, "pretrain_epochs": 10}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest first: with the suite's two pytest-xdist workers the long end-to-end tests
-    start at once, and the short ones fill the gaps, instead of a long test starting
-    last. ``@pytest.mark.slow(seconds=N)``: N is the test's measured time on 2 cores."""
+    """Longest first: the suite's pytest-xdist workers take one test at a time
+    (``--maxschedchunk 1``), so the long end-to-end tests start at once on both, the
+    short ones fill the gaps, and no long test starts last.
+    ``@pytest.mark.slow(seconds=N)``: N is the test's measured time on 2 cores."""
 
     def seconds(item) -> float:
         marker = item.get_closest_marker("slow")
