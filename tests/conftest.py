@@ -190,10 +190,13 @@ def label_reference(tiny_bundle, tmp_path_factory):
     shared = shared_tmp(tmp_path_factory) / "label_reference"
     shared.mkdir(exist_ok=True)
     out = shared / "reference"
+    manifest = str(shared / "manifest.csv")
     with FileLock(str(shared / "lock")):
-        held = str(shared / "heldout")
-        meta = generate(held, HELDOUT_WORLD)  # cached: a no-op once written
-        manifest = held_out_manifest((held, meta), shared)
+        # written once: the other worker's tests may be reading these files (the bad
+        # inputs are rewritten in place, and a truncated copy is whole for a moment)
+        if not os.path.exists(manifest):  # written last, after the bad inputs
+            held = str(shared / "heldout")
+            held_out_manifest((held, generate(held, HELDOUT_WORLD)), shared)
         if not (out / "_manifest.json").exists():  # written last by a finished run
             run_label_cli(manifest, tiny_bundle["bundle"], str(out))
     keys, maps = rows_of(str(out))
