@@ -99,7 +99,6 @@ def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray
         preset=replace(bundle.preset, train=replace(bundle.preset.train, epochs=2)),
         vocabulary=bundle.vocabulary,
         checkpoints=str(tmp_path / "checkpoints"),
-        tune_dir=str(tmp_path / "tune"),
         cache={r: cache_files(os.path.join(cache, r)) for r in ("train", "holdout")},
     )
     executor = RayExecutor(ExecutionConfig(trainer_data="ray_data"))

@@ -5,8 +5,8 @@ Ray Data decodes the dataset's clips from the corpus and encodes each frame once
 bundle's frozen encoders, both trunks at the fine size as the paper's students read
 356 x 356 frames) next to the clip's pseudo-fixation maps, into a cache; the three
 students then train concurrently with the train job's executors
-(:mod:`factory.pipelines.executors`: one TorchTrainer each under a Tune grid, or in-process with
-``local``) and its per-net training (:func:`factory.train.nets.train_net`), on the
+(:mod:`factory.pipelines.executors`: one TorchTrainer each, or in-process with ``local``)
+and its per-net training (:func:`factory.train.nets.train_net`), on the
 task of :mod:`factory.method.students`. A held-out split is scored every epoch against the
 pseudo-fixations (CC).
 """
@@ -181,13 +181,12 @@ def fit_students(
     cache: str,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, list[dict[str, Any]]]]:
     """Fit every run with the train job's executors and per-net training (one
-    TorchTrainer each under a Tune grid, or in-process): (net per run name, history)."""
+    TorchTrainer each, fitted concurrently, or in-process): (net per run name, history)."""
 
     spec = FitSpec(
         preset=preset,
         vocabulary=vocabulary,
         checkpoints=_abs(storage.join(run_dir, "checkpoints")),
-        tune_dir=_abs(storage.join(run_dir, "tune")),
         cache={role: cache_files(storage.join(cache, role)) for role in ("train", "holdout")},
         run_dir=run_dir,
     )

@@ -10,8 +10,7 @@ Phases (each resumable; a rerun of a finished run returns the same bundle):
 2. switch labels: the audio tagger (two folds, each labels the clips it did not see, so
    labels are honest) or a user-supplied tagger gives each frame's audio switch label;
 3. coarse nets: S, ST, SA, the 8 + nets (S+short ... SA+cross) and the audio switch,
-   one TorchTrainer each,
-   launched together by a Ray Tune driver function with a grid over the net names;
+   one TorchTrainer each, fitted concurrently;
 4. fine features: the coarse nets' boxes (the labeler's code) crop t-1, t, t+1, encoded
    at the fine size;
 5. fine nets: S, ST, SA on the crops, again in parallel;
@@ -342,16 +341,10 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
     checkpoints = storage.join(run, "checkpoints")
     if not storage.is_remote(checkpoints):
         checkpoints = os.path.abspath(checkpoints)
-    tune_dir = (
-        storage.join(run, "tune")
-        if storage.is_remote(run)
-        else os.path.abspath(storage.join(run, "tune"))
-    )
     spec = FitSpec(
         preset=preset,
         vocabulary=vocab,
         checkpoints=checkpoints,
-        tune_dir=tune_dir,
         run_dir=run,
         epoch_hook=opts.epoch_hook,
     )

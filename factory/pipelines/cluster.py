@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 # epoch, with its checkpoint) waits for that poll (a result queue of one): an epoch
 # shorter than 2 s took 2 s. Polled every 0.5 s, the train job's encoder pretraining on
 # the 2-core machine (15 epochs of 0.6 s) took 42 s instead of 61 (bench/RESULTS.md).
+# A local Ray is one machine, whose node is never drained: Ray Train's preemption
+# watcher (one more actor process per TorchTrainer, polling the node drains every 5 s)
+# has nothing to watch there; on a cluster it stays on.
 LOCAL_RAYLET_ENV = {
     "RAY_idle_worker_killing_time_threshold_ms": "60000",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 

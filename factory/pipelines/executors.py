@@ -3,8 +3,8 @@ encoder actor, commit) and fitting nets, on a Ray cluster or in this process.
 
 :class:`RayExecutor` builds a cache with Ray Data (decode tasks, an actor pool of the
 caller's cache actor, writer tasks) and fits the nets of a phase concurrently, one
-TorchTrainer each launched by a Ray Tune driver function with a grid over the names
-(``Tuner(TorchTrainer)`` does not work in Ray 2.60). :class:`LocalExecutor` does the same
+TorchTrainer each, each ``fit()`` called from a thread of the driver (Ray Train's
+controller is an actor; ``fit()`` only waits on it). :class:`LocalExecutor` does the same
 in this process with plain PyTorch (a GPU box without Ray, fast tests): the same cache
 files, the same per-net training (:func:`factory.train.nets.train_net`, which serves the
 classification nets, the encoder pretraining and the students alike) and the same
@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,6 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray import tune
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -40,7 +40,6 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from factory.config import ExecutionConfig, Preset
 from factory.io import storage
@@ -72,9 +71,11 @@ log = logging.getLogger(__name__)
 CLIPS_PER_READ = 4  # cache rows per Ray Data batch in the trainers
 SHUFFLE_CLIPS = 16  # local shuffle buffer of the trainers' data iterators
 DATA_TASK_CPUS = 0.05  # read tasks of the trainers' datasets: tiny, so trainers never starve them
-TRIAL_DRIVER_CPUS = 0.001  # a Tune trial here only launches a TorchTrainer and waits
 DATA_RESERVE_CPUS = 1.0  # kept free for the trainers' Ray Data tasks
 KEEP_CHECKPOINTS = 2  # per net, in both executors
+# A net whose TorchTrainer failed as a whole (beyond the worker restarts of its
+# FailureConfig) is started once more; it resumes from its newest checkpoint.
+TRAINER_RESTARTS = 1
 
 
 # ---------------------------------------------------------------- the feature cache
@@ -253,15 +254,16 @@ def train_loop(config: dict[str, Any]) -> None:
     )
 
 
-# ---------------------------------------------------------------- the Tune driver
+# ---------------------------------------------------------------- one net's trainer
 
 
-def net_trial(config: dict[str, Any], spec: FitSpec, sizing: TrainerSizing) -> None:
-    """Ray Tune trial function: build and fit one net's TorchTrainer. ``spec`` and
-    ``sizing`` come through ``tune.with_parameters`` (Tune keeps only the net's name in
-    its param space)."""
+def fit_net_trainer(name: str, spec: FitSpec, sizing: TrainerSizing) -> None:
+    """Build and fit one net's TorchTrainer; blocks until it ends. Run in a thread of
+    the driver by :meth:`RayExecutor.fit_nets`, one thread per net fitting at once. (The
+    nets were once launched as the trials of a Ray Tune grid: each trial cost two more
+    Ray worker processes, a trial actor and its result queue, for a function that only
+    waited on the trainer; measured on the 2-core machine, bench/RESULTS.md.)"""
 
-    name = config["net"]
     files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
     if NetId.parse(name).base == "audio":  # the taggers train on train-role clips only
         files["holdout"] = []
@@ -297,12 +299,25 @@ def net_trial(config: dict[str, Any], spec: FitSpec, sizing: TrainerSizing) -> N
             storage_filesystem=storage.ray_storage(spec.checkpoints)[1],
             failure_config=FailureConfig(max_failures=sizing.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            callbacks=[TuneReportCallback()],
         ),
         datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
     trainer.fit()
+
+
+def fit_net_with_restart(name: str, phase: str, spec: FitSpec, sizing: TrainerSizing) -> None:
+    """:func:`fit_net_trainer`, started again up to ``TRAINER_RESTARTS`` times when the
+    trainer fails as a whole (a rerun with the same run name resumes from its newest
+    checkpoint)."""
+    for attempt in range(TRAINER_RESTARTS + 1):
+        try:
+            fit_net_trainer(name, spec, sizing)
+            return
+        except Exception as err:  # a TrainingFailedError, or the controller lost
+            if attempt == TRAINER_RESTARTS:
+                raise
+            log.warning("%s: net %s failed (%s); starting its trainer again", phase, name, err)
 
 
 def latest_state(run_path: str) -> dict[str, Any] | None:
@@ -363,7 +378,7 @@ def collect_states(
 
 class RayExecutor:
     """Each phase on the Ray cluster: caches with Ray Data (decode tasks, an encoder actor
-    pool, writer tasks), nets with one TorchTrainer each under a Tune grid."""
+    pool, writer tasks), nets with one TorchTrainer each, fitted concurrently."""
 
     name = "ray"
 
@@ -418,7 +433,8 @@ class RayExecutor:
     def fit_nets(
         self, names: tuple[str, ...], phase: str, spec: FitSpec
     ) -> dict[str, dict[str, Any]]:
-        """Fit ``names`` concurrently (one TorchTrainer each under a Tune grid)."""
+        """Fit ``names`` concurrently: one TorchTrainer each, up to ``concurrent`` at once,
+        each waited on by a thread of this process."""
 
         opts = self.execution
         # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
@@ -449,24 +465,19 @@ class RayExecutor:
             per_worker,
             data,
         )
-        tuner = tune.Tuner(
-            tune.with_resources(
-                tune.with_parameters(net_trial, spec=spec, sizing=sizing),
-                {"cpu": TRIAL_DRIVER_CPUS},
-            ),
-            param_space={"net": tune.grid_search(list(names))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(
-                name=f"{phase}-{int(time.time())}",
-                storage_path=storage.ray_storage(spec.tune_dir)[0],
-                storage_filesystem=storage.ray_storage(spec.tune_dir)[1],
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=1),
-            ),
-        )
-        for result in tuner.fit():
-            if result.error:
-                raise RuntimeError(f"{phase}: a net failed to train: {result.error}")
+        failed = {}
+        with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix=f"fit-{phase}") as pool:
+            fits = {
+                pool.submit(fit_net_with_restart, name, phase, spec, sizing): name for name in names
+            }
+            for done in as_completed(fits):
+                if done.exception() is not None:
+                    failed[fits[done]] = done.exception()
+        if failed:
+            raise RuntimeError(
+                f"{phase}: {len(failed)} net(s) failed to train: "
+                + "; ".join(f"{name}: {err}" for name, err in failed.items())
+            )
         return collect_states(names, phase, spec.checkpoints)
 
 

@@ -158,7 +158,6 @@ class FitSpec:
     preset: Preset
     vocabulary: list[str]
     checkpoints: str  # the nets' checkpoint folders live below it (absolute or s3://)
-    tune_dir: str  # the Ray Tune experiment that runs the phase's TorchTrainers
     cache: dict[str, list[str]] = field(default_factory=dict)  # role -> Parquet cache files
     pool: dict[str, Any] = field(default_factory=dict)  # tag -> PoolEntries or an ObjectRef
     switch_labels: str | None = None  # the audio switch's labels (Parquet), if made
