@@ -172,7 +172,7 @@ def test_students_predict_in_chunks_as_on_the_whole_clip(long_corpus, tiny_bundl
         assert np.abs(whole[name] - chunked[name]).max() < 1e-4, name
 
 
-@pytest.mark.slow(seconds=115)
+@pytest.mark.slow(seconds=110)
 def test_long_clips_through_the_label_and_predict_jobs(tiny_bundle, tmp_path, ray_session):
     """Clips of 72 frames with the tiny preset's max_frames=64 go through the real label
     and predict jobs (Ray Data) in chunks, not rejected: every frame has its row, and

@@ -44,7 +44,7 @@ def assert_same_as_reference(out, reference):
     )
 
 
-@pytest.mark.slow(seconds=75)
+@pytest.mark.slow(seconds=55)
 def test_labelling_actor_killed_mid_run(tiny_bundle, reference, tmp_path):
     out = str(tmp_path / "out")
     proc = start_label_cli(reference["manifest"], tiny_bundle["bundle"], out, ENV)
@@ -59,7 +59,7 @@ def test_labelling_actor_killed_mid_run(tiny_bundle, reference, tmp_path):
     assert_same_as_reference(out, reference)
 
 
-@pytest.mark.slow(seconds=55)
+@pytest.mark.slow(seconds=70)
 def test_node_removed_from_a_three_node_cluster(tiny_bundle, reference, tmp_path):
     out = str(tmp_path / "out")
     res = subprocess.run(
@@ -87,7 +87,7 @@ def test_node_removed_from_a_three_node_cluster(tiny_bundle, reference, tmp_path
     assert_same_as_reference(out, reference)
 
 
-@pytest.mark.slow(seconds=50)
+@pytest.mark.slow(seconds=130)
 @pytest.mark.s3
 def test_s3_unreachable_mid_write(tiny_bundle, reference, s3_server, s3_bucket, tmp_path):
     import s3fs

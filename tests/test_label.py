@@ -254,7 +254,7 @@ def test_multi_tag_clip_both_objects_salient(tiny_bundle, heldout_corpus):
     assert np.mean(salient) >= 0.8, np.mean(salient)
 
 
-@pytest.mark.slow(seconds=45)
+@pytest.mark.slow(seconds=35)
 def test_label_job_end_to_end(tiny_bundle, heldout_corpus, tmp_path, ray_session):
     from factory.jobs.label import LabelOptions, run_label
 
@@ -408,7 +408,7 @@ def rows_of(out):
     return keys, maps
 
 
-@pytest.mark.slow(seconds=85)
+@pytest.mark.slow(seconds=140)
 def test_exactly_once_after_kill_9_of_the_driver(tiny_bundle, label_reference, tmp_path):
     """A run killed with SIGKILL mid-way and started again ends with the same rows as an
     uninterrupted run (conftest.label_reference, the same manifest and command): none

@@ -26,7 +26,7 @@ def run(cmd, env, timeout=1500):
     return res
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=80)
 @pytest.mark.s3
 def test_end_to_end_on_s3_and_no_secret_leaks(tmp_path, s3_server, s3_bucket):
     generate(str(tmp_path / "corpus"), WORLD)

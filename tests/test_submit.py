@@ -39,7 +39,7 @@ def stop_own_ray(temp_dir: str) -> None:
             return
 
 
-@pytest.mark.slow(seconds=225)
+@pytest.mark.slow(seconds=200)
 def test_label_distill_predict_submitted_to_a_ray_head(tiny_bundle, heldout_corpus, tmp_path):
     # A short temp dir of its own: Ray's socket paths must stay under 108 bytes, and the
     # processes started here are found by it.

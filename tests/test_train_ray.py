@@ -23,7 +23,7 @@ from factory.train.nets import FitSpec
 WORLD = SyntheticConfig(num_tags=3, clips_per_tag=8, seconds=2.0, seed=31)
 
 
-@pytest.mark.slow(seconds=230)
+@pytest.mark.slow(seconds=450)
 @pytest.mark.timeout(1800)  # 13 TorchTrainers on 2 cores: 4-8 min; the suite default is 900 s
 def test_train_job_on_ray(tmp_path, ray_session):
     generate(str(tmp_path / "corpus"), WORLD)
@@ -88,7 +88,7 @@ def test_an_epoch_hook_is_named_module_colon_function():
         import_callable("tests.faults:no_such_hook")
 
 
-@pytest.mark.slow(seconds=25)
+@pytest.mark.slow(seconds=35)
 def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray_session):
     """--trainer-data ray_data (what auto picks for a large cache or several workers): a
     fine net fitted by a TorchTrainer fed by Ray Data datasets, on the caches the tiny

@@ -94,7 +94,7 @@ def copy_bundle(src, dst):
     return str(dst)
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=40)
 def test_small_sweep_writes_best_settings_used_by_the_labeler(
     tiny_bundle, heldout_corpus, tmp_path, ray_session, monkeypatch
 ):
