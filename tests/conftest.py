@@ -4,7 +4,6 @@ S3-compatible server (moto), and one Ray instance per test session."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests never touch a real cloud: a fixed dummy identity for the local S3 server.
 S3_KEY_ID = "testing-key-id"
 S3_SECRET = "testing-secret-value-0123456789"
+
+from label_runs import held_out_manifest, rows_of, run_label_cli  # noqa: E402
 
 from factory.io.synthetic import SyntheticConfig, generate  # noqa: E402
 
@@ -115,13 +116,6 @@ def ray_session():
     ray.shutdown()
 
 
-def truncated_copy(src: str, dst: str, fraction: float = 0.3) -> str:
-    shutil.copyfile(src, dst)
-    with open(dst, "r+b") as f:
-        f.truncate(int(os.path.getsize(src) * fraction))
-    return dst
-
-
 TRAIN_WORLD = SyntheticConfig(num_tags=3, clips_per_tag=6, seconds=2.0, seed=21)
 HELDOUT_WORLD = SyntheticConfig(
     num_tags=3, clips_per_tag=2, seconds=2.0, seed=22, multi_tag_clips=1, no_audio_stream=1
@@ -193,7 +187,6 @@ def label_reference(tiny_bundle, tmp_path_factory):
     it."""
     import pyarrow.parquet as pq
     from filelock import FileLock
-    from test_label import held_out_manifest, rows_of, run_label_cli
 
     shared = shared_tmp(tmp_path_factory) / "label_reference"
     shared.mkdir(exist_ok=True)

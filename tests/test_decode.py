@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import truncated_copy
+from label_runs import truncated_copy
 
 from factory.config import FrameConfig, SpectrogramConfig, preset
 from factory.io.audio import LogSpectrogram, frame_windows

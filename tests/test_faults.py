@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from faults import MULTINODE_DRIVER, CuttableProxy, kill_all, pids_matching, wait_for_shards
-from test_label import rows_of, run_label_cli, start_label_cli
+from label_runs import rows_of, run_label_cli, start_label_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}

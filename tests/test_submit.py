@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from faults import free_port, pids_matching
-from test_label import held_out_manifest
+from label_runs import held_out_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
