@@ -272,7 +272,7 @@ def fit_net_trainer(name: str, spec: FitSpec, sizing: TrainerSizing) -> None:
         if files[role] and sizing.data == "ray_data":
             datasets[split] = ray.data.read_parquet(
                 files[role],
-                ray_remote_args={"num_cpus": DATA_TASK_CPUS},
+                num_cpus=DATA_TASK_CPUS,
                 override_num_blocks=max(1, len(files[role])),
             )
     loop_config = {
