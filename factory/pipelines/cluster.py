@@ -82,6 +82,8 @@ def init_ray(
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # and Ray Data's own warning that the bars are off (it asks to turn them on)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return started
 
 
