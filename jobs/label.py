@@ -23,6 +23,7 @@ import _bootstrap
 
 _bootstrap.setup_logging()
 
+from factory.io import storage  # noqa: E402
 from factory.jobs.demo import run_demo  # noqa: E402
 from factory.jobs.label import SHARD_MB, LabelOptions, run_label  # noqa: E402
 
@@ -160,8 +161,10 @@ def print_summary(summary) -> None:  # noqa: ANN001
         print(
             f"nothing new: every input was already committed by an earlier run ({summary.seconds} s)"
         )
+    preview = storage.exists(storage.join(summary.out, "preview.png"))  # not with --no-preview
     print(
-        f"files:    {os.path.join(summary.out, 'run.json')}, rejects.parquet, _manifest.json, preview.png"
+        f"files:    {os.path.join(summary.out, 'run.json')}, rejects.parquet, _manifest.json"
+        + (", preview.png" if preview else "")
     )
 
 
