@@ -172,6 +172,34 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def training_labels(tiny_bundle, tmp_path_factory, ray_session):
+    """The tiny bundle's training corpus labelled once by the label job with
+    ``--ablation`` (SCAM+'s ``map`` and every Table 1 variant's), in-process on the
+    session's Ray, shared by the run's pytest-xdist workers (file lock): the students
+    test distils from it, and the STAViS-layout ablation test starts from a copy (its
+    label step then finds every clip committed). The ``--quick`` Table 1 test labels
+    through the command line itself."""
+    from filelock import FileLock
+
+    from factory.jobs.label import LabelOptions, run_label
+
+    shared = shared_tmp(tmp_path_factory)
+    out = shared / "training_labels"
+    with FileLock(str(shared / "training_labels.lock")):
+        if not (out / "_manifest.json").exists():  # written last by a finished run
+            run_label(
+                LabelOptions(
+                    corpus=os.path.join(tiny_bundle["corpus"], "manifest.csv"),
+                    bundle=tiny_bundle["bundle"],
+                    out=str(out),
+                    ablation=True,
+                    preview=False,
+                )
+            )
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def heldout_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("heldout")
     meta = generate(str(root), HELDOUT_WORLD)

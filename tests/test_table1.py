@@ -4,6 +4,7 @@ validation set in the STAViS layout (a folder of untagged videos plus fixation m
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -78,10 +79,13 @@ def write_stavis(held_root, meta, root, db="AVAD"):
 
 @pytest.mark.slow(seconds=155)
 def test_ablate_on_a_stavis_layout_validation_set(
-    tiny_bundle, heldout_corpus, tmp_path, ray_session
+    tiny_bundle, heldout_corpus, training_labels, tmp_path, ray_session
 ):
     held_root, meta = heldout_corpus
     gt = write_stavis(held_root, meta, str(tmp_path / "stavis"))
+    # the training corpus already labelled with --ablation (conftest.training_labels):
+    # the job's label step resumes it and finds every clip committed
+    shutil.copytree(training_labels, tmp_path / "ablate" / "pseudo")
     table = run_ablate(
         AblateOptions(
             out=str(tmp_path / "ablate"),
