@@ -122,3 +122,28 @@ def test_trainer_data_auto_reads_small_caches_as_files(tmp_path, monkeypatch):
         ExecutionConfig(trainer_data="files", workers_per_net=2)
     with pytest.raises(ValueError, match="expected one of auto, ray_data, files"):
         ExecutionConfig(trainer_data="arrow")
+
+
+def test_nets_fit_in_threads_at_most_limit_at_once_and_errors_come_back():
+    """RayExecutor.fit_nets' threads: every net's fit is called, two at once with a
+    limit of 2 (each call waits at a barrier for a partner: one at a time would break
+    it), never three, and an error comes back by the net's name."""
+    import threading
+
+    barrier, lock = threading.Barrier(2, timeout=30), threading.Lock()
+    running, peak, called = [0], [0], []
+
+    def fit(name):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            called.append(name)
+        barrier.wait()
+        with lock:
+            running[0] -= 1
+        if name == "ST":
+            raise ValueError("ST diverged")
+
+    failed = executors.in_threads(("S", "ST", "SA", "switch"), 2, fit)
+    assert sorted(called) == ["S", "SA", "ST", "switch"] and peak[0] == 2
+    assert list(failed) == ["ST"] and str(failed["ST"]) == "ST diverged"

@@ -21,8 +21,8 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +320,34 @@ def fit_net_with_restart(name: str, phase: str, spec: FitSpec, sizing: TrainerSi
             log.warning("%s: net %s failed (%s); starting its trainer again", phase, name, err)
 
 
+def in_threads(names: tuple[str, ...], limit: int, fn: Any) -> dict[str, BaseException]:
+    """``fn(name)`` for every name, at most ``limit`` at once, each in a thread of its
+    own; returns the names whose call raised, with the error. The threads are daemons:
+    a driver interrupted with Ctrl-C exits at once instead of waiting on trainers that
+    run for minutes (Ray ends the actors the driver owned; a rerun resumes every net
+    from its checkpoint). A thread pool's workers are joined at exit."""
+    slots = threading.Semaphore(limit)
+    failed: dict[str, BaseException] = {}
+
+    def run(name: str) -> None:
+        try:
+            fn(name)
+        except BaseException as err:  # reported to the caller, not lost in the thread
+            failed[name] = err
+        finally:
+            slots.release()
+
+    threads = []
+    for name in names:
+        slots.acquire()
+        thread = threading.Thread(target=run, args=(name,), name=f"fit-{name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return failed
+
+
 def latest_state(run_path: str) -> dict[str, Any] | None:
     """The newest checkpoint state under a net's folder (Ray Train's or the local executor's)."""
     ckpts = [
@@ -465,14 +493,9 @@ class RayExecutor:
             per_worker,
             data,
         )
-        failed = {}
-        with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix=f"fit-{phase}") as pool:
-            fits = {
-                pool.submit(fit_net_with_restart, name, phase, spec, sizing): name for name in names
-            }
-            for done in as_completed(fits):
-                if done.exception() is not None:
-                    failed[fits[done]] = done.exception()
+        failed = in_threads(
+            names, concurrent, lambda name: fit_net_with_restart(name, phase, spec, sizing)
+        )
         if failed:
             raise RuntimeError(
                 f"{phase}: {len(failed)} net(s) failed to train: "
