@@ -23,6 +23,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,7 +321,9 @@ def fit_net_with_restart(name: str, phase: str, spec: FitSpec, sizing: TrainerSi
             log.warning("%s: net %s failed (%s); starting its trainer again", phase, name, err)
 
 
-def in_threads(names: tuple[str, ...], limit: int, fn: Any) -> dict[str, BaseException]:
+def in_threads(
+    names: tuple[str, ...], limit: int, fn: Callable[[str], None]
+) -> dict[str, BaseException]:
     """``fn(name)`` for every name, at most ``limit`` at once, each in a thread of its
     own; returns the names whose call raised, with the error. The threads are daemons:
     a driver interrupted with Ctrl-C exits at once instead of waiting on trainers that
