@@ -73,9 +73,13 @@ class CuttableProxy:
         self.cut()
 
 
-def pids_matching(text: str) -> list[int]:
+def pids_matching(text: str, session: int | None = None) -> list[int]:
     """PIDs of processes whose command line contains ``text`` (Ray sets process titles
-    such as ``ray::MapWorker(MapBatches(LabelActor))``)."""
+    such as ``ray::MapWorker(MapBatches(LabelActor))``); with ``session``, only those of
+    that session: a job started with ``start_new_session=True`` and the local Ray it
+    starts (its workers keep the driver's session). Without it the match is machine-wide
+    and takes other tests' processes too (the multi-node driver's script names
+    LabelActor: a kill by name alone once killed it, CI 2026-12-07)."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -83,6 +87,10 @@ def pids_matching(text: str) -> list[int]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if session is not None:
+                with open(f"/proc/{pid}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) != session:
+                        continue
         except OSError:
             continue
         if text in cmd:

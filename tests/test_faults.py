@@ -49,7 +49,7 @@ def test_labelling_actor_killed_mid_run(tiny_bundle, reference, tmp_path):
     out = str(tmp_path / "out")
     proc = start_label_cli(reference["manifest"], tiny_bundle["bundle"], out, ENV)
     assert wait_for_shards(os.path.join(out, "shards"), 1, proc)
-    victims = pids_matching("LabelActor")
+    victims = pids_matching("LabelActor", session=proc.pid)  # this run's, not another test's
     assert victims, "no labelling actor process found"
     kill_all(victims)
     stdout, _ = proc.communicate(timeout=900)
