@@ -211,8 +211,8 @@ def label_reference(tiny_bundle, tmp_path_factory):
     """One uninterrupted run of ``jobs/label.py`` over the held-out corpus with every kind
     of bad input, shared by the run's pytest-xdist workers (the first to need it writes
     it under a file lock): the fault tests and the kill -9 test compare their interrupted
-    runs with it; the students test scores its rows as the students' teacher. The manifest names files in the shared folder, so both workers can use
-    it."""
+    runs with it; the students test scores its rows as the students' teacher. The
+    manifest names files in the shared folder, so both workers can use it."""
     import pyarrow.parquet as pq
     from filelock import FileLock
 
