@@ -34,8 +34,9 @@ def node_messages(states: torch.Tensor, keys: torch.Tensor, fused: bool = True) 
     kernels run (cuDNN / flash on GPU, flash on CPU; the (hw x hw) edge matrix is never
     written out): 20x faster than the math path on an H100; on the 2-core CPU, 3 nodes of
     32 frames, 4 channels at 16 x 16, 5x faster in inference and 3x with the backward
-    pass (at 7 x 7 the two are equal). ``fused=False`` is the plain softmax-matmul, the
-    reference form (the two agree to ~1e-6).
+    pass (at 7 x 7 the two are equal). When training on a CPU it runs in float64
+    (:func:`slow_cpu_backward` says why). ``fused=False`` is the plain softmax-matmul,
+    the reference form (the two agree to ~1e-6).
     """
     b, n, c, length = states.shape
     src, dst = zip(*[(j, i) for i in range(n) for j in range(n) if i != j], strict=True)
@@ -57,6 +58,8 @@ def node_messages(states: torch.Tensor, keys: torch.Tensor, fused: bool = True) 
             if torch.is_autocast_enabled(states.device.type)
             else states.dtype
         )
+        if slow_cpu_backward(states, dtype):
+            dtype = torch.float64  # the result goes back to states.dtype below
         # (4-D: the fused kernels take (batch, heads, length, dim) only.)
         # Contiguous: on CPU a strided input (the transposed reshape above, when no pad
         # copies it) sends the kernel down a path ~9x slower than this one.
@@ -119,3 +122,17 @@ class CGCN(nn.Module):
             gated = states * torch.sigmoid(node_messages(states, keys))
             nodes = fixation_refine(gated.reshape(b, n, c, h, w), self.cfg.td, self.cfg.tr)
         return nodes
+
+
+def slow_cpu_backward(states: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the attention's backward pass would run on the CPU in float32, where it
+    is slow on these logits: Eq. 9's attention is unscaled, so on trained class maps
+    ``logit - logsumexp`` reaches -87..-104, where float32's ``exp`` gives denormals
+    and the CPU's vectorised ``exp`` falls to a path ~8x slower (measured on the 2-core
+    Xeon: 1e7 such values 0.22 s against 0.03 s for values in -80..0). In float64 these
+    are ordinary numbers. One attention of the STA+ students' shape (96 pairs, 484
+    positions, 28 channels), forward and backward on such logits: 0.40-0.48 s in
+    float32, 0.15 s in float64; an STA+ epoch of the tests' training corpus 14 s ->
+    10 s. The forward pass alone is not affected (0.03 s either way), so inference
+    stays in float32, as does everything on a GPU."""
+    return states.device.type == "cpu" and dtype == torch.float32 and torch.is_grad_enabled()

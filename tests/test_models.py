@@ -176,6 +176,35 @@ def test_cgcn_messages_equal_the_explicit_edge_matrices():
     )
 
 
+def test_cgcn_message_gradients_equal_the_plain_form_in_training():
+    """In grad mode on a CPU the attention runs in float64 (models.cgcn.slow_cpu_backward):
+    the messages stay float32 and they and their gradients equal the plain form's, on
+    logits wide enough to reach float32's slow denormal range."""
+    torch.manual_seed(2)
+    states0, keys0 = torch.rand(2, 3, 12, 49), 3 * torch.randn(2, 3, 12, 49)
+    grads = []
+    for fused in (True, False):
+        states, keys = states0.clone().requires_grad_(), keys0.clone().requires_grad_()
+        msg = node_messages(states, keys, fused)
+        assert msg.dtype == torch.float32
+        (msg * torch.linspace(-1, 1, 49)).sum().backward()
+        grads.append((msg.detach(), states.grad, keys.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_students_1x1_read_out_commutes_with_the_resize():
+    from models.students import out_after_upsampling, upsample_to
+
+    torch.manual_seed(3)
+    out = torch.nn.Conv2d(32, 1, 1)
+    x = torch.randn(4, 32, 11, 9)
+    for size in ((44, 36), (128, 128), (11, 9)):
+        assert torch.allclose(
+            out_after_upsampling(out, x, size), out(upsample_to(x, size)), atol=1e-5
+        )
+
+
 def test_cgcn_one_step_equals_gate_then_refine():
     torch.manual_seed(0)
     g = CGCN(channels=3, cfg=CGCNConfig(steps=1, nodes=1, td=0.8, tr=0.6))
