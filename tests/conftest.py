@@ -176,9 +176,8 @@ def training_labels(tiny_bundle, tmp_path_factory, ray_session):
     """The tiny bundle's training corpus labelled once by the label job with
     ``--ablation`` (SCAM+'s ``map`` and every Table 1 variant's), in-process on the
     session's Ray, shared by the run's pytest-xdist workers (file lock): the students
-    test distils from it, and the STAViS-layout ablation test starts from a copy (its
-    label step then finds every clip committed). The ``--quick`` Table 1 test labels
-    through the command line itself."""
+    test distils from it, and both Table 1 tests start from a copy (their label step
+    then finds every clip committed)."""
     from filelock import FileLock
 
     from factory.jobs.label import LabelOptions, run_label

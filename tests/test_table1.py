@@ -19,9 +19,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow(seconds=295)
-def test_ablate_cli_quick_every_variant(tiny_bundle, heldout_corpus, tmp_path):
+def test_ablate_cli_quick_every_variant(tiny_bundle, heldout_corpus, training_labels, tmp_path):
     held_root, _ = heldout_corpus
     out = tmp_path / "ablate"
+    # the training corpus already labelled with --ablation by the label job (the same
+    # corpus, bundle and options: conftest.training_labels); the job's label step resumes
+    # it and finds every clip committed (its own labelling: the label tests)
+    shutil.copytree(training_labels, out / "pseudo")
     cmd = [
         sys.executable,
         os.path.join(REPO, "jobs", "ablate.py"),
