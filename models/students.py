@@ -88,9 +88,8 @@ class STA(nn.Module):
         x = upsample_to(self.merge5(torch.cat([self.side5(f5), sta], dim=1)), f4.shape[-2:])
         x = upsample_to(self.merge4(torch.cat([self.side4(f4), x], dim=1)), f3.shape[-2:])
         x = self.merge3(torch.cat([self.side3(f3), x], dim=1))
-        # out(up(x)) computed as up(out(x)): equal (see out_after_upsampling), and the
-        # resize then moves one channel instead of refine_channels
-        return out_after_upsampling(self.out, x, size or (2 * f3.shape[-2], 2 * f3.shape[-1]))[:, 0]
+        size = size or (2 * f3.shape[-2], 2 * f3.shape[-1])
+        return out_after_upsampling(self.out, x, size)[:, 0]  # = out(up(x))
 
 
 class STAPlus(nn.Module):
