@@ -19,7 +19,7 @@ TEACHER = "SCAM+ (pseudo-fixation)"
 FUSED = STUDENT_COLUMN_NAMES["map"]
 
 
-@pytest.mark.slow(seconds=270)
+@pytest.mark.slow(seconds=200)
 def test_students_learn_from_pseudo_fixations_and_predict_without_tags(
     tiny_bundle, heldout_corpus, label_reference, training_labels, tmp_path, ray_session
 ):

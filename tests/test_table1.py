@@ -18,7 +18,7 @@ from factory.jobs.ablate import FUSED, PSEUDO, VARIANTS, AblateOptions, run_abla
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow(seconds=295)
+@pytest.mark.slow(seconds=230)
 def test_ablate_cli_quick_every_variant(tiny_bundle, heldout_corpus, training_labels, tmp_path):
     held_root, _ = heldout_corpus
     out = tmp_path / "ablate"
@@ -81,7 +81,7 @@ def write_stavis(held_root, meta, root, db="AVAD"):
     return f"{root}::{db}"
 
 
-@pytest.mark.slow(seconds=155)
+@pytest.mark.slow(seconds=100)
 def test_ablate_on_a_stavis_layout_validation_set(
     tiny_bundle, heldout_corpus, training_labels, tmp_path, ray_session
 ):
