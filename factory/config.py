@@ -169,11 +169,25 @@ class ExecutionConfig:
     max_failures: int = 2
     encode_actors: int | None = None
     trainer_data: str = "auto"  # auto | ray_data | files
+    # auto | phase | net: one TorchTrainer per phase whose workers fit the phase's nets
+    # (each worker its own nets, reading the cache files itself), or one per net. See
+    # factory.pipelines.executors.trainer_groups.
+    trainers: str = "auto"
 
     def __post_init__(self) -> None:
         if self.trainer_data not in TRAINER_DATA:
             raise ValueError(
                 f"trainer data {self.trainer_data!r}: expected one of {', '.join(TRAINER_DATA)}"
+            )
+        if self.trainers not in TRAINERS:
+            raise ValueError(f"trainers {self.trainers!r}: expected one of {', '.join(TRAINERS)}")
+        if self.trainers == "phase" and (
+            self.workers_per_net > 1 or self.trainer_data == "ray_data"
+        ):
+            raise ValueError(
+                "--trainers phase: each worker of a phase's trainer fits whole nets and reads "
+                "the cache files itself; with several workers per net or --trainer-data "
+                "ray_data use --trainers net (or auto)"
             )
         if self.trainer_data == "files" and self.workers_per_net > 1:
             raise ValueError(
@@ -184,6 +198,7 @@ class ExecutionConfig:
 
 
 TRAINER_DATA = ("auto", "ray_data", "files")
+TRAINERS = ("auto", "phase", "net")
 
 
 @dataclass(frozen=True)

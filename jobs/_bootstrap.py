@@ -110,8 +110,9 @@ def add_actor_flags(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def add_trainer_data_flag(p: argparse.ArgumentParser) -> None:
-    """``--trainer-data`` of a job that fits nets with TorchTrainers (train, distil)."""
+def add_trainer_flags(p: argparse.ArgumentParser) -> None:
+    """``--trainer-data`` and ``--trainers`` of a job that fits nets with TorchTrainers
+    (train, distil)."""
     p.add_argument(
         "--trainer-data",
         default="auto",
@@ -120,6 +121,15 @@ def add_trainer_data_flag(p: argparse.ArgumentParser) -> None:
         "split over the net's workers, streamed), files (the net's one worker reads the "
         "Parquet files itself), auto (default: files when one worker's cache fits in its "
         "memory, else ray_data)",
+    )
+    p.add_argument(
+        "--trainers",
+        default="auto",
+        choices=["auto", "phase", "net"],
+        help="TorchTrainers of a phase (the nets fitted at once): phase (one trainer whose "
+        "workers fit the nets, each worker its own, checkpointing each net every epoch), net "
+        "(one trainer per net), auto (default: phase when each net has one worker reading "
+        "the cache files, else net)",
     )
 
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--workers-per-student", type=int, default=1)
     p.add_argument("--gpus-per-student", type=float, default=0.0)
-    _bootstrap.add_trainer_data_flag(p)
+    _bootstrap.add_trainer_flags(p)
     p.add_argument(
         "--address",
         default=None,
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 workers_per_net=a.workers_per_student,
                 gpus_per_net=a.gpus_per_student,
                 trainer_data=a.trainer_data,
+                trainers=a.trainers,
             ),
         )
     )

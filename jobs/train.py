@@ -82,7 +82,7 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
         default=None,
         help="nets trained at the same time (default: what the cluster fits)",
     )
-    _bootstrap.add_trainer_data_flag(p)
+    _bootstrap.add_trainer_flags(p)
     p.add_argument(
         "--storage-path", default=None, help="checkpoints and caches (default: <out>/_run)"
     )
@@ -153,6 +153,7 @@ def parse(argv: list[str] | None = None) -> tuple[bool, TrainOptions]:
             cpus_per_worker=a.cpus_per_worker,
             max_concurrent=a.max_concurrent,
             trainer_data=a.trainer_data,
+            trainers=a.trainers,
         ),
         overrides=overrides,
         weights=weights,

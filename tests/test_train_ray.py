@@ -64,8 +64,11 @@ def test_train_job_on_ray(tmp_path, ray_session):
     assert min(s for s, _ in fine) > max(
         e for _, e in spans
     )  # the fine stage needs the coarse boxes
-    # on this small corpus every trainer read its cache files itself (--trainer-data auto)
+    # on this small corpus every trainer read its cache files itself (--trainer-data
+    # auto), so each phase's nets were fitted by one TorchTrainer (--trainers auto): the
+    # kill of S's worker restarted the coarse phase's group, and every net resumed
     assert {m["nets"][n]["ingest"] for n in m["nets"]} == {"files"}, m["nets"]
+    assert {m["nets"][n]["trainer"] for n in m["nets"]} == {"phase"}, m["nets"]
     # the nets learn: held-out accuracy above chance (1/3) for the SCAM sources
     accuracy = {
         n: m["nets"][n]["accuracy"] for n in ("S", "ST", "SA", "S_fine", "ST_fine", "SA_fine")
@@ -108,6 +111,47 @@ def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray
     assert [h["epoch"] for h in history] == [0, 1]
     # the held-out clips came through the trainer's "val" dataset
     assert history[-1]["eval_examples"] > 0 and history[-1]["accuracy"] is not None
+
+
+@pytest.mark.slow(seconds=35)
+def test_a_phase_trainer_with_one_worker_fits_its_nets_in_turn(tiny_bundle, tmp_path, ray_session):
+    """--trainers phase with one net at a time: the phase's one TorchTrainer has one
+    worker, which fits both nets one after the other, each checkpointed in its own folder;
+    fitting them again finds both finished and trains nothing."""
+    bundle = load_bundle(tiny_bundle["bundle"])
+    cache = os.path.join(tiny_bundle["bundle"], "_run", "features_fine")
+    spec = FitSpec(
+        preset=replace(bundle.preset, train=replace(bundle.preset.train, epochs=2)),
+        vocabulary=bundle.vocabulary,
+        checkpoints=str(tmp_path / "checkpoints"),
+        cache={r: cache_files(os.path.join(cache, r)) for r in ("train", "holdout")},
+    )
+    executor = RayExecutor(ExecutionConfig(trainers="phase", max_concurrent=1))
+    states = executor.fit_nets(("S_fine", "SA_fine"), "fine", spec)
+    assert executor.trainers == {"S_fine": "phase", "SA_fine": "phase"}
+    assert executor.ingest == {"S_fine": "files", "SA_fine": "files"}
+    first, second = (states[n]["history"] for n in ("S_fine", "SA_fine"))
+    assert [h["epoch"] for h in first] == [0, 1] == [h["epoch"] for h in second]
+    assert first[-1]["accuracy"] is not None and second[-1]["accuracy"] is not None
+    # one worker: the second net started after the first ended
+    assert states["SA_fine"]["started_at"] >= first[-1]["ended_at"]
+    folders = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert {"S_fine", "SA_fine"} <= set(folders), folders
+    again = executor.fit_nets(("S_fine", "SA_fine"), "fine", spec)
+    assert {n: again[n]["history"] for n in again} == {n: states[n]["history"] for n in states}
+
+
+def test_one_trainer_per_phase_where_every_net_reads_files_with_one_worker():
+    assert executors.trainer_groups("auto", "files", workers=1) == "phase"
+    assert executors.trainer_groups("auto", "ray_data", workers=1) == "net"
+    assert executors.trainer_groups("auto", "ray_data", workers=2) == "net"
+    assert executors.trainer_groups("net", "files", workers=1) == "net"
+    with pytest.raises(ValueError, match="use --trainers net"):
+        ExecutionConfig(trainers="phase", workers_per_net=2)
+    with pytest.raises(ValueError, match="use --trainers net"):
+        ExecutionConfig(trainers="phase", trainer_data="ray_data")
+    with pytest.raises(ValueError, match="expected one of auto, phase, net"):
+        ExecutionConfig(trainers="group")
 
 
 def test_trainer_data_auto_reads_small_caches_as_files(tmp_path, monkeypatch):

@@ -447,6 +447,7 @@ def run_train(opts: TrainOptions, local: bool = False) -> dict[str, Any]:
             "accuracy": hist[-1].get("accuracy") if hist else None,
             "started_at": state["started_at"],
             "ingest": executor.ingest.get(name),  # how its trainer read the cache
+            "trainer": executor.trainers.get(name),  # the phase's trainer, or its own
             "ended_at": hist[-1].get("ended_at") if hist else None,
             "history": [
                 {k: v for k, v in h.items() if k in ("epoch", "loss", "accuracy", "epoch_s")}

@@ -2,9 +2,10 @@
 encoder actor, commit) and fitting nets, on a Ray cluster or in this process.
 
 :class:`RayExecutor` builds a cache with Ray Data (decode tasks, an actor pool of the
-caller's cache actor, writer tasks) and fits the nets of a phase concurrently, one
-TorchTrainer each, each ``fit()`` called from a thread of the driver (Ray Train's
-controller is an actor; ``fit()`` only waits on it). :class:`LocalExecutor` does the same
+caller's cache actor, writer tasks) and fits the nets of a phase concurrently: one
+TorchTrainer for the phase whose workers share its nets out, or one TorchTrainer each,
+each ``fit()`` called from a thread of the driver (Ray Train's controller is an actor;
+``fit()`` only waits on it); :func:`trainer_groups` says which. :class:`LocalExecutor` does the same
 in this process with plain PyTorch (a GPU box without Ray, fast tests): the same cache
 files, the same per-net training (:func:`factory.train.nets.train_net`, which serves the
 classification nets, the encoder pretraining and the students alike) and the same
@@ -255,7 +256,60 @@ def train_loop(config: dict[str, Any]) -> None:
     )
 
 
-# ---------------------------------------------------------------- one net's trainer
+# ---------------------------------------------------------------- the trainers
+
+
+def trainer_groups(choice: str, data: str, workers: int) -> str:
+    """How a phase's nets map to TorchTrainers: ``phase`` (one trainer for the phase, each
+    of its workers fitting whole nets in turn) or ``net`` (one trainer per net). ``auto``
+    (the default) picks ``phase`` where every net has one worker that reads the cache
+    files itself (``data == "files"``): each TorchTrainer costs a controller actor, its
+    worker processes and its polling, which on a small job outweigh the training (seven
+    nets of a trivial loop on 2 CPUs: 79 CPU-s as seven trainers, 29 as one trainer of
+    seven workers, bench/RESULTS.md). Nets that stream a Ray Data dataset split over
+    several workers keep a trainer each."""
+    if choice != "auto":
+        return choice
+    return "phase" if data == "files" and workers == 1 else "net"
+
+
+def net_files(spec: FitSpec, name: str) -> dict[str, list[str]]:
+    """A net's cache files by role; the audio taggers train on train-role clips only."""
+    files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
+    if NetId.parse(name).base == "audio":
+        files["holdout"] = []
+    return files
+
+
+def torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    run_name: str,
+    spec: FitSpec,
+    sizing: TrainerSizing,
+    workers: int,
+    gpus_per_worker: float,
+    datasets: dict[str, Any] | None = None,
+) -> TorchTrainer:
+    resources = {"CPU": sizing.cpus_per_worker}
+    if gpus_per_worker > 0:
+        resources["GPU"] = gpus_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage.ray_storage(spec.checkpoints)[0],
+            storage_filesystem=storage.ray_storage(spec.checkpoints)[1],
+            failure_config=FailureConfig(max_failures=sizing.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+        ),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
+    )
 
 
 def fit_net_trainer(name: str, spec: FitSpec, sizing: TrainerSizing) -> None:
@@ -265,9 +319,7 @@ def fit_net_trainer(name: str, spec: FitSpec, sizing: TrainerSizing) -> None:
     Ray worker processes, a trial actor and its result queue, for a function that only
     waited on the trainer; measured on the 2-core machine, bench/RESULTS.md.)"""
 
-    files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
-    if NetId.parse(name).base == "audio":  # the taggers train on train-role clips only
-        files["holdout"] = []
+    files = net_files(spec, name)
     datasets = {}
     for split, role in (("train", "train"), ("val", "holdout")):
         if files[role] and sizing.data == "ray_data":
@@ -283,42 +335,78 @@ def fit_net_trainer(name: str, spec: FitSpec, sizing: TrainerSizing) -> None:
         "files": files,
         "val": bool(files["holdout"]),
     }
-    resources = {"CPU": sizing.cpus_per_worker}
-    if sizing.gpus_per_net > 0:
-        resources["GPU"] = sizing.gpus_per_net / sizing.workers_per_net
-    trainer = TorchTrainer(
+    torch_trainer(
         train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=sizing.workers_per_net,
-            use_gpu=sizing.gpus_per_net > 0,
-            resources_per_worker=resources,
-        ),
-        run_config=RunConfig(
-            name=name.replace("+", "plus").replace("@", "-"),
-            storage_path=storage.ray_storage(spec.checkpoints)[0],
-            storage_filesystem=storage.ray_storage(spec.checkpoints)[1],
-            failure_config=FailureConfig(max_failures=sizing.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-        ),
-        datasets=datasets or None,
-        dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
-    )
-    trainer.fit()
+        loop_config,
+        net_dir_name(name),
+        spec,
+        sizing,
+        sizing.workers_per_net,
+        sizing.gpus_per_net / sizing.workers_per_net,
+        datasets,
+    ).fit()
 
 
-def fit_net_with_restart(name: str, phase: str, spec: FitSpec, sizing: TrainerSizing) -> None:
-    """:func:`fit_net_trainer`, started again up to ``TRAINER_RESTARTS`` times when the
-    trainer fails as a whole (a rerun with the same run name resumes from its newest
-    checkpoint)."""
+def group_loop(config: dict[str, Any]) -> None:
+    """Ray Train loop of a phase's one trainer (``--trainers phase``): worker ``rank`` of
+    ``world`` fits the nets ``names[rank::world]`` one after another, each alone on this
+    worker (no process group between the nets), reading the cache files itself, in a fresh
+    order each epoch, as a one-worker net's trainer does, and checkpointing every epoch to
+    the net's own folder (the local executor's layout, not ``ray.train.report``: Ray
+    Train's report is a step every worker of the group takes together, and the nets'
+    epochs do not line up). A failed worker restarts the group (``max_failures``); every
+    net then resumes from its newest checkpoint, and a finished net is not trained again."""
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    spec: FitSpec = config["spec"]
+    for name in config["names"][rank::world]:
+        folder = net_dir(spec.checkpoints, name)
+        storage.makedirs(folder)
+        files = net_files(spec, name)
+        train_rows, val_rows = file_rows(files, spec.preset.train.seed)
+        try:
+            train_net(
+                name,
+                spec,
+                train_rows,
+                val_rows if files["holdout"] else None,
+                device,
+                latest_state(folder),
+                local_checkpointer(folder),
+            )
+        except Exception as err:  # named, so the phase's error says which net failed
+            raise RuntimeError(f"net {name}: {err}") from err
+
+
+def fit_group_trainer(
+    names: tuple[str, ...], phase: str, spec: FitSpec, sizing: TrainerSizing, workers: int
+) -> None:
+    """Build and fit a phase's one TorchTrainer of ``workers`` workers (see
+    :func:`group_loop`); blocks until it ends."""
+    torch_trainer(
+        group_loop,
+        {"names": names, "spec": spec},
+        f"phase-{net_dir_name(phase)}",
+        spec,
+        sizing,
+        workers,
+        sizing.gpus_per_net,
+    ).fit()
+
+
+def with_restart(fit: Callable[[], None], phase: str, what: str) -> None:
+    """``fit()``, started again up to ``TRAINER_RESTARTS`` times when the trainer fails as
+    a whole (a rerun resumes from the newest checkpoints)."""
     for attempt in range(TRAINER_RESTARTS + 1):
         try:
-            fit_net_trainer(name, spec, sizing)
+            fit()
             return
         except Exception as err:  # a TrainingFailedError, or the controller lost
             if attempt == TRAINER_RESTARTS:
                 raise
-            log.warning("%s: net %s failed (%s); starting its trainer again", phase, name, err)
+            log.warning("%s: %s failed (%s); starting its trainer again", phase, what, err)
 
 
 def in_threads(
@@ -389,8 +477,13 @@ def local_checkpointer(folder: str) -> Any:
     return save
 
 
+def net_dir_name(name: str) -> str:
+    """A net's (or phase's) name as a folder and Ray Train run name."""
+    return name.replace("+", "plus").replace("@", "-").replace(" ", "-")
+
+
 def net_dir(checkpoints: str, name: str) -> str:
-    return storage.join(checkpoints, name.replace("+", "plus").replace("@", "-"))
+    return storage.join(checkpoints, net_dir_name(name))
 
 
 def collect_states(
@@ -416,6 +509,7 @@ class RayExecutor:
     def __init__(self, execution: ExecutionConfig, address: str | None = None) -> None:
         self.execution = execution
         self.ingest: dict[str, str] = {}  # net -> how its trainer read its cache
+        self.trainers: dict[str, str] = {}  # net -> "phase" or "net" (trainer_groups)
         init_ray(address)
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
@@ -464,8 +558,9 @@ class RayExecutor:
     def fit_nets(
         self, names: tuple[str, ...], phase: str, spec: FitSpec
     ) -> dict[str, dict[str, Any]]:
-        """Fit ``names`` concurrently: one TorchTrainer each, up to ``concurrent`` at once,
-        each waited on by a thread of this process."""
+        """Fit ``names`` concurrently, up to ``concurrent`` at once: one TorchTrainer for
+        the phase whose workers share the nets out (:func:`trainer_groups`), or one
+        TorchTrainer each, each waited on by a thread of this process."""
 
         opts = self.execution
         # Sizing that cannot deadlock: one CPU stays free for the Ray Data tasks that
@@ -479,25 +574,46 @@ class RayExecutor:
         concurrent = opts.max_concurrent or max(
             1, min(len(names), int(trainer_cpus // (per_worker * max(opts.workers_per_net, 1))))
         )
-        data = trainer_data(
-            opts.trainer_data,
-            spec.cache.get("train", []) + spec.cache.get("holdout", []),
-            opts.workers_per_net,
+        data = (
+            "files"  # --trainers phase: every worker reads the cache files itself
+            if opts.trainers == "phase"
+            else trainer_data(
+                opts.trainer_data,
+                spec.cache.get("train", []) + spec.cache.get("holdout", []),
+                opts.workers_per_net,
+            )
         )
+        groups = trainer_groups(opts.trainers, data, opts.workers_per_net)
         self.ingest.update(dict.fromkeys(names, data))
+        self.trainers.update(dict.fromkeys(names, groups))
         sizing = TrainerSizing(
             per_worker, opts.workers_per_net, opts.gpus_per_net, opts.max_failures, data
         )
         log.info(
-            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker, cache via %s)",
+            "%s: fitting %s concurrently (up to %d at once, %.2f CPU per worker, cache via %s, %s)",
             phase,
             ", ".join(names),
             concurrent,
             per_worker,
             data,
+            "one trainer for the phase" if groups == "phase" else "one trainer per net",
         )
+        if groups == "phase":
+            try:
+                with_restart(
+                    lambda: fit_group_trainer(names, phase, spec, sizing, concurrent),
+                    phase,
+                    "the phase's trainer",
+                )
+            except Exception as err:
+                raise RuntimeError(f"{phase}: the nets failed to train: {err}") from err
+            return collect_states(names, phase, spec.checkpoints)
         failed = in_threads(
-            names, concurrent, lambda name: fit_net_with_restart(name, phase, spec, sizing)
+            names,
+            concurrent,
+            lambda name: with_restart(
+                lambda: fit_net_trainer(name, spec, sizing), phase, f"net {name}"
+            ),
         )
         if failed:
             raise RuntimeError(
@@ -518,6 +634,7 @@ class LocalExecutor:
     def __init__(self, execution: ExecutionConfig) -> None:
         self.execution = execution
         self.ingest: dict[str, str] = {}  # net -> how it read its cache (files, here)
+        self.trainers: dict[str, str] = {}  # no trainers here: one net after another
 
     def put_pool(self, entries: dict[str, Any]) -> dict[str, Any]:
         return entries
