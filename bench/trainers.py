@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--plus-weights", choices=["type", "pair"], default="type")
     p.add_argument("--modes", default="net,phase", help="comma-separated, run in this order")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-trainers-")
     generate(
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     for mode, r in rows.items():
         cells = " | ".join(f"{r['phases'].get(ph, 0):.1f}" for ph in phases)
         print(f"| {mode} | {r['wall']:.1f} | {r['cpu']:.1f} | {cells} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ held-out clips with fixations, beside each variant's raw map and the paper's AVA
     python jobs/ablate.py --corpus SRC --bundle BUNDLE --val VAL --val-gt ROOT --out DIR [--seeds 3]
 
 Steps: label SRC with --ablation (Ray Data), distil one STA per variant and seed and
-STA+short / STA+long on SCAM+ (one feature cache; one TorchTrainer per student on Ray,
+STA+short / STA+long on SCAM+ (one feature cache; fitted on Ray Train,
 or --local in this process), predict VAL tag-free with each student, score against
 the fixations in ROOT (a synthetic corpus, or the STAViS layout ROOT[::DB] with AVAD's
 annotations), and, where VAL is a corpus with tags, label and score its raw maps too.

@@ -5,7 +5,7 @@ dataset written by jobs/label.py.
 
 The dataset's clips are decoded from SRC (the corpus it was labelled from) and encoded
 once with the teacher bundle's frozen encoders; the three students train concurrently
-(one TorchTrainer each, Eq. 17 and Eq. 20 losses), a held-out split scored every epoch
+(fitted concurrently on Ray Train, Eq. 17 and Eq. 20 losses), a held-out split scored every epoch
 against the pseudo-fixations. STUDENTS (a folder or s3:// prefix) is what
 jobs/predict.py reads. Rerunning resumes from the last checkpoints.
 """

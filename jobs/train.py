@@ -4,7 +4,7 @@
 
 SRC is an AVE folder, a manifest (.csv/.jsonl/.parquet) or tar shards, local or s3://.
 The coarse nets S, ST, SA, the 8 + nets (one per multigranularity pair) and the audio
-switch train concurrently (one TorchTrainer each), then the fine-stage S, ST, SA on the
+switch train concurrently (one TorchTrainer for the phase, or one each: --trainers), then the fine-stage S, ST, SA on the
 coarse nets' crops. Encoder weights come from files you name (--weights image=PATH,
 --weights plus=PATH, --weights audio=PATH: torchvision-format state dicts of
 ResNeXt-101 32x8d, VGG16 and an audio ResNet-18, local or s3://); without them the

@@ -114,8 +114,8 @@ def test_label_distill_predict_submitted_to_a_ray_head(tiny_bundle, heldout_corp
             "--no-preview",
         )
         assert "accounting: inputs" in log
-        # the students under the same head: distilled on Ray Train (one TorchTrainer per
-        # student) from the dataset just written, then tag-free prediction on the videos
+        # the students under the same head: distilled on Ray Train (one TorchTrainer for
+        # the three students) from the dataset just written, then tag-free prediction on the videos
         students = str(tmp_path / "students")
         log = submit(
             "jobs/distill.py",

@@ -23,8 +23,8 @@ from factory.train.nets import FitSpec
 WORLD = SyntheticConfig(num_tags=3, clips_per_tag=8, seconds=2.0, seed=31)
 
 
-@pytest.mark.slow(seconds=450)
-@pytest.mark.timeout(1800)  # 13 TorchTrainers on 2 cores: 4-8 min; the suite default is 900 s
+@pytest.mark.slow(seconds=250)
+@pytest.mark.timeout(1800)  # 4 phase TorchTrainers on 2 cores: 2-5 min; the suite default is 900 s
 def test_train_job_on_ray(tmp_path, ray_session):
     generate(str(tmp_path / "corpus"), WORLD)
     opts = TrainOptions(

@@ -6,7 +6,7 @@ scored on held-out clips with fixations (SPEC.md section 4).
 2. **distil** one STA per variant and seed, and STA+short / STA+long on SCAM+ (the
    distil job's cache and executors: one feature cache holds the features once and the
    maps of every variant; the students are fitted by the train job's per-net training,
-   one TorchTrainer each on Ray, or in this process);
+   on Ray Train, or in this process);
 3. **predict** the held-out clips tag-free with each student (STA's map; for SCAM+ also
    Eq. 21 over STA, STA+short and STA+long, the paper's STANet+ line), and label them
    with their tags too when they have tags in the bundle's vocabulary (the raw maps of

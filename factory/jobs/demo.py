@@ -85,7 +85,7 @@ def prepare_corpora(root: str = DEMO_ROOT) -> dict[str, str]:
 def ensure_bundle(paths: dict[str, str], on_ray: bool = False) -> None:
     """Fit the tiny bundle once (cached). By default in this process (the train job's
     local executor: the same phases and per-net code without Ray): on a 2-core laptop the
-    start-up of 13 TorchTrainers costs several times the training itself. ``on_ray``
+    start-up of Ray and its TorchTrainers costs more than the training itself. ``on_ray``
     runs the Ray Train version, as ``jobs/train.py`` does."""
     if os.path.exists(os.path.join(paths["bundle"], "bundle.json")):
         log.info("demo: using the cached tiny bundle at %s", paths["bundle"])

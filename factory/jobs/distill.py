@@ -5,7 +5,7 @@ Ray Data decodes the dataset's clips from the corpus and encodes each frame once
 bundle's frozen encoders, both trunks at the fine size as the paper's students read
 356 x 356 frames) next to the clip's pseudo-fixation maps, into a cache; the three
 students then train concurrently with the train job's executors
-(:mod:`factory.pipelines.executors`: one TorchTrainer each, or in-process with ``local``)
+(:mod:`factory.pipelines.executors`: on Ray Train, or in-process with ``local``)
 and its per-net training (:func:`factory.train.nets.train_net`), on the
 task of :mod:`factory.method.students`. A held-out split is scored every epoch against the
 pseudo-fixations (CC).
@@ -181,7 +181,7 @@ def fit_students(
     cache: str,
 ) -> tuple[dict[str, torch.nn.Module], dict[str, list[dict[str, Any]]]]:
     """Fit every run with the train job's executors and per-net training (one
-    TorchTrainer each, fitted concurrently, or in-process): (net per run name, history)."""
+    fitted concurrently on Ray Train, or in-process): (net per run name, history)."""
 
     spec = FitSpec(
         preset=preset,

@@ -10,17 +10,17 @@ Phases (each resumable; a rerun of a finished run returns the same bundle):
 2. switch labels: the audio tagger (two folds, each labels the clips it did not see, so
    labels are honest) or a user-supplied tagger gives each frame's audio switch label;
 3. coarse nets: S, ST, SA, the 8 + nets (S+short ... SA+cross) and the audio switch,
-   one TorchTrainer each, fitted concurrently;
+   fitted concurrently (one TorchTrainer for the phase, or one each: ``--trainers``);
 4. fine features: the coarse nets' boxes (the labeler's code) crop t-1, t, t+1, encoded
    at the fine size;
 5. fine nets: S, ST, SA on the crops, again in parallel;
 6. the bundle: weights, configs, vocabulary, per-net metrics and wall-clock intervals,
    content hashes.
 
-One training loop (:func:`factory.train.loop.fit`) serves every net; each TorchTrainer
+One training loop (:func:`factory.train.loop.fit`) serves every net; each net
 checkpoints every epoch to ``<out>/_run/checkpoints/<net>`` and resumes from there (a
-killed worker is restarted by ``FailureConfig``; a rerun with the same ``--out``
-continues).
+killed worker is restarted by ``FailureConfig``, with its phase's trainer when the phase
+has one; a rerun with the same ``--out`` continues).
 """
 
 from __future__ import annotations

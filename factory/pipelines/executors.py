@@ -142,8 +142,9 @@ def cache_writer_kwargs(
 
 @dataclass(frozen=True)
 class TrainerSizing:
-    """One net's TorchTrainer on the Ray executor: workers, their CPUs and GPUs, how many
-    worker failures it survives, and how it reads its cache (``files`` or ``ray_data``)."""
+    """A phase's TorchTrainers on the Ray executor: workers per net, their CPUs and
+    GPUs, how many worker failures a trainer survives, and how the workers read the cache
+    (``files`` or ``ray_data``)."""
 
     cpus_per_worker: float
     workers_per_net: int
@@ -502,7 +503,8 @@ def collect_states(
 
 class RayExecutor:
     """Each phase on the Ray cluster: caches with Ray Data (decode tasks, an encoder actor
-    pool, writer tasks), nets with one TorchTrainer each, fitted concurrently."""
+    pool, writer tasks), a phase's nets fitted concurrently by one TorchTrainer for the
+    phase or one each (:func:`trainer_groups`)."""
 
     name = "ray"
 
