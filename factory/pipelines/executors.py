@@ -363,22 +363,28 @@ def group_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     spec: FitSpec = config["spec"]
     for name in config["names"][rank::world]:
-        folder = net_dir(spec.checkpoints, name)
-        storage.makedirs(folder)
         files = net_files(spec, name)
         train_rows, val_rows = file_rows(files, spec.preset.train.seed)
         try:
-            train_net(
-                name,
-                spec,
-                train_rows,
-                val_rows if files["holdout"] else None,
-                device,
-                latest_state(folder),
-                local_checkpointer(folder),
-            )
+            fit_net_here(name, spec, device, train_rows, val_rows if files["holdout"] else None)
         except Exception as err:  # named, so the phase's error says which net failed
             raise RuntimeError(f"net {name}: {err}") from err
+
+
+def fit_net_here(
+    name: str,
+    spec: FitSpec,
+    device: torch.device,
+    train_rows: Callable[[int], Any],
+    val_rows: Callable[[], Any] | None,
+) -> None:
+    """Fit one net in this process (the local executor, a phase trainer's worker),
+    resuming from and checkpointing every epoch to the net's own folder."""
+    folder = net_dir(spec.checkpoints, name)
+    storage.makedirs(folder)
+    train_net(
+        name, spec, train_rows, val_rows, device, latest_state(folder), local_checkpointer(folder)
+    )
 
 
 def fit_group_trainer(
@@ -676,27 +682,17 @@ class LocalExecutor:
     ) -> dict[str, dict[str, Any]]:
         device = resolve_device("auto")
         files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
+
+        def train_rows(epoch: int) -> Any:
+            for f in files["train"]:
+                yield from read_parquet(f).to_pylist()
+
+        def val_rows() -> Any:
+            for f in files["holdout"]:
+                yield from read_parquet(f).to_pylist()
+
         for name in names:
-            folder = net_dir(spec.checkpoints, name)
-            storage.makedirs(folder)
-
-            def train_rows(epoch: int) -> Any:
-                for f in files["train"]:
-                    yield from read_parquet(f).to_pylist()
-
-            def val_rows() -> Any:
-                for f in files["holdout"]:
-                    yield from read_parquet(f).to_pylist()
-
             log.info("%s: fitting %s in this process", phase, name)
             self.ingest[name] = "files"
-            train_net(
-                name,
-                spec,
-                train_rows,
-                val_rows if files["holdout"] else None,
-                device,
-                latest_state(folder),
-                local_checkpointer(folder),
-            )
+            fit_net_here(name, spec, device, train_rows, val_rows if files["holdout"] else None)
         return collect_states(names, phase, spec.checkpoints)
