@@ -91,19 +91,24 @@ def test_an_epoch_hook_is_named_module_colon_function():
         import_callable("tests.faults:no_such_hook")
 
 
-@pytest.mark.slow(seconds=35)
-def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray_session):
-    """--trainer-data ray_data (what auto picks for a large cache or several workers): a
-    fine net fitted by a TorchTrainer fed by Ray Data datasets, on the caches the tiny
-    bundle's run left (the local executor writes the same cache files)."""
+def fine_spec(tiny_bundle, tmp_path) -> FitSpec:
+    """The fine nets' fit spec on the caches the tiny bundle's run left (the local
+    executor writes the same cache files), 2 epochs, checkpoints under ``tmp_path``."""
     bundle = load_bundle(tiny_bundle["bundle"])
     cache = os.path.join(tiny_bundle["bundle"], "_run", "features_fine")
-    spec = FitSpec(
+    return FitSpec(
         preset=replace(bundle.preset, train=replace(bundle.preset.train, epochs=2)),
         vocabulary=bundle.vocabulary,
         checkpoints=str(tmp_path / "checkpoints"),
         cache={r: cache_files(os.path.join(cache, r)) for r in ("train", "holdout")},
     )
+
+
+@pytest.mark.slow(seconds=35)
+def test_a_trainer_streams_its_cache_through_ray_data(tiny_bundle, tmp_path, ray_session):
+    """--trainer-data ray_data (what auto picks for a large cache or several workers): a
+    fine net fitted by a TorchTrainer fed by Ray Data datasets."""
+    spec = fine_spec(tiny_bundle, tmp_path)
     executor = RayExecutor(ExecutionConfig(trainer_data="ray_data"))
     states = executor.fit_nets(("S_fine",), "fine", spec)
     assert executor.ingest == {"S_fine": "ray_data"}
@@ -118,14 +123,7 @@ def test_a_phase_trainer_with_one_worker_fits_its_nets_in_turn(tiny_bundle, tmp_
     """--trainers phase with one net at a time: the phase's one TorchTrainer has one
     worker, which fits both nets one after the other, each checkpointed in its own folder;
     fitting them again finds both finished and trains nothing."""
-    bundle = load_bundle(tiny_bundle["bundle"])
-    cache = os.path.join(tiny_bundle["bundle"], "_run", "features_fine")
-    spec = FitSpec(
-        preset=replace(bundle.preset, train=replace(bundle.preset.train, epochs=2)),
-        vocabulary=bundle.vocabulary,
-        checkpoints=str(tmp_path / "checkpoints"),
-        cache={r: cache_files(os.path.join(cache, r)) for r in ("train", "holdout")},
-    )
+    spec = fine_spec(tiny_bundle, tmp_path)
     executor = RayExecutor(ExecutionConfig(trainers="phase", max_concurrent=1))
     states = executor.fit_nets(("S_fine", "SA_fine"), "fine", spec)
     assert executor.trainers == {"S_fine": "phase", "SA_fine": "phase"}
