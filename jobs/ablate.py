@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--postprocess", default="none", choices=["none", "authors"])
     p.add_argument("--gt-fps", type=float, default=30.0, help="frame rate of the STAViS maps")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 student epoch")
+    p.add_argument(
+        "--no-fused",
+        dest="fused",
+        action="store_false",
+        help="STA students only: no STA+ short / long on SCAM+ and no fused (STANet+) row "
+        "(most of the students' time on a CPU)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="students in this process")
     where.add_argument(

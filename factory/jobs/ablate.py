@@ -96,6 +96,10 @@ class AblateOptions:
     local: bool = False  # students in this process instead of on Ray
     address: str | None = None
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # the students'
+    # STA+short / STA+long on SCAM+ and their fusion (the STANet+ row). Off: the STA
+    # students only (Table 1's lines 1-24), at a fraction of the cost on a CPU (an STA+
+    # epoch of the Table 1 world is ~41 s on 2 cores, an STA epoch ~3.5 s).
+    fused: bool = True
 
 
 @dataclass
@@ -214,7 +218,8 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
     timings["student_cache"] = time.time() - t
     seeds = list(range(opts.seeds))
     runs = [StudentRun("STA", v, s) for s in seeds for v in variants]
-    if PSEUDO in variants:
+    fused = opts.fused and PSEUDO in variants
+    if fused:
         runs += [StudentRun(n, PSEUDO, s) for s in seeds for n in ("STA+short", "STA+long")]
     t = time.time()
     nets, history = fit_students(executor, runs, preset, bundle.vocabulary, run_dir, cache)
@@ -226,7 +231,7 @@ def run_ablate(opts: AblateOptions) -> AblationTable:
     nets = {k: n.to(encoder.device) for k, n in nets.items()}
     truths, feats, skipped = heldout_features(opts, bundle, preset, encoder)
     for s in seeds:
-        preds = predict_heldout(nets, feats, preset, encoder, s, variants)
+        preds = predict_heldout(nets, feats, preset, encoder, s, variants, fused)
         scores = score_methods(truths, preds)
         for method, agg in scores.items():
             if method == M_CENTRE:
@@ -316,9 +321,10 @@ def predict_heldout(
     encoder: Any,
     seed: int,
     variants: tuple[str, ...],
+    fused: bool = True,
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """method -> video -> (times, maps): each variant's STA, and the SCAM+ students
-    fused by Eq. 21."""
+    """method -> video -> (times, maps): each variant's STA, and (``fused``) the SCAM+
+    students fused by Eq. 21."""
 
     settings = WindowSettings.from_preset(preset)
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -327,7 +333,7 @@ def predict_heldout(
         for v in variants:
             name = StudentRun("STA", v, seed).name
             maps[v] = student_map("STA", nets[name], f, key, settings, encoder, preset)
-        if PSEUDO in variants:
+        if fused and PSEUDO in variants:
             parts = [
                 minmax_normalize(maps[PSEUDO]),
                 *(
