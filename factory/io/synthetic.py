@@ -324,7 +324,15 @@ def _write_video(
         vstream.width, vstream.height = box.width, box.height
         vstream.pix_fmt = "yuv420p"
         if cfg.codec == "libx264":
-            vstream.options = {"crf": "16", "preset": "veryfast", "g": str(2 * box.fps)}
+            # mbtree=0: x264's macroblock-tree rate control makes two encodes of the same
+            # frames differ (decoded up to 21 grey levels apart, even in one process), so a
+            # world written twice was two worlds; without it the files are byte-identical.
+            vstream.options = {
+                "crf": "16",
+                "preset": "veryfast",
+                "g": str(2 * box.fps),
+                "x264-params": "mbtree=0",
+            }
         astream = None
         layout = "stereo" if box.stereo else "mono"
         if audio is not None:
