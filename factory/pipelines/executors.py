@@ -65,8 +65,7 @@ from factory.train.feature_cache import (
     holdout_keys,
     write_cache,
 )
-from factory.train.nets import WORKER_CACHE_MB, FitSpec, train_net
-from models.registry import NetId
+from factory.train.nets import WORKER_CACHE_MB, FitSpec, scored_on_holdout, train_net
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +197,15 @@ def dataset_rows(seed: int) -> tuple[Any, Any]:
     return train_rows, val_rows
 
 
-def file_rows(files: dict[str, list[str]], seed: int) -> tuple[Any, Any]:
-    """``train_rows(epoch)`` (the training files in a fresh order each epoch) and
-    ``val_rows()`` read straight from the cache's Parquet files."""
+def file_rows(files: dict[str, list[str]], seed: int | None) -> tuple[Any, Any]:
+    """``train_rows(epoch)`` (the training files in a fresh order each epoch drawn from
+    ``seed``, or in file order with ``seed=None``) and ``val_rows()`` read straight from
+    the cache's Parquet files."""
 
     def train_rows(epoch: int) -> Any:
-        for i in np.random.default_rng([seed, epoch, 3]).permutation(len(files["train"])):
+        n = len(files["train"])
+        order = range(n) if seed is None else np.random.default_rng([seed, epoch, 3]).permutation(n)
+        for i in order:
             yield from read_parquet(files["train"][i]).to_pylist()
 
     def val_rows() -> Any:
@@ -275,9 +277,10 @@ def trainer_groups(choice: str, data: str, workers: int) -> str:
 
 
 def net_files(spec: FitSpec, name: str) -> dict[str, list[str]]:
-    """A net's cache files by role; the audio taggers train on train-role clips only."""
+    """A net's cache files by role: no holdout files for a net not scored on them
+    (:func:`factory.train.nets.scored_on_holdout`)."""
     files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
-    if NetId.parse(name).base == "audio":
+    if not scored_on_holdout(name):
         files["holdout"] = []
     return files
 
@@ -681,18 +684,10 @@ class LocalExecutor:
         self, names: tuple[str, ...], phase: str, spec: FitSpec
     ) -> dict[str, dict[str, Any]]:
         device = resolve_device("auto")
-        files = {role: spec.cache.get(role, []) for role in ("train", "holdout")}
-
-        def train_rows(epoch: int) -> Any:
-            for f in files["train"]:
-                yield from read_parquet(f).to_pylist()
-
-        def val_rows() -> Any:
-            for f in files["holdout"]:
-                yield from read_parquet(f).to_pylist()
-
         for name in names:
             log.info("%s: fitting %s in this process", phase, name)
             self.ingest[name] = "files"
+            files = net_files(spec, name)
+            train_rows, val_rows = file_rows(files, seed=None)  # file order, every epoch
             fit_net_here(name, spec, device, train_rows, val_rows if files["holdout"] else None)
         return collect_states(names, phase, spec.checkpoints)
