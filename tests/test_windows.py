@@ -246,7 +246,9 @@ def test_harder_world_knobs_are_in_the_files(tmp_path):
     again = generate(str(tmp_path / "w2"), cfg)
     assert meta["clips"] == again["clips"]
     for c in meta["clips"]:
-        first, second = ((root / c["video"]).read_bytes() for root in (tmp_path / "w", tmp_path / "w2"))
+        first, second = (
+            (root / c["video"]).read_bytes() for root in (tmp_path / "w", tmp_path / "w2")
+        )
         assert hashlib.md5(first).digest() == hashlib.md5(second).digest(), c["video_id"]
     # two tags of one hue differ in shape (palette 4 with 4 tags: one hue each here)
     assert np.allclose(tag_color(0, 8, 4), tag_color(4, 8, 4))
