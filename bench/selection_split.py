@@ -1,0 +1,84 @@
+"""Where SCAM+ gains or loses against SCAM fine: per-frame CC split by what Eq. 3 selected.
+
+Each labelled frame (a label job's output with ``--ablation``) falls in one group by the
+selected confidences it records (the ``confidences`` column): a fine source and a ``+``
+pair selected, fine sources only, ``+`` pairs only, or none (the no-source rule's
+frames). Per group: the frames and the mean per-frame CC of SCAM fine, AC fine, the fine
+S net's CAM, SCAM' and SCAM+ against the ground truth (the evaluation's preprocessing).
+
+    python bench/selection_split.py --labels DIR [DIR ...] --gt CORPUS [--json FILE]
+
+For example the held-out labels of ``bench/teacher_fits.py``:
+``--labels runs/teacher_fits/ablate-seed{0,1,2}/heldout-labels --gt
+runs/teacher_fits/corpus-heldout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from factory.evaluation.evaluate import load_predictions, load_truth, score_video
+
+COLUMNS = ("map_scam_fine", "map_ac_fine", "map_cam_s_fine", "map_scam_prime", "map")
+FINE = ("S", "ST", "SA")  # the fine sources' names in the confidences column
+
+
+def group_of(conf: dict[str, float]) -> str:
+    fine = any(conf[n] > 0 for n in FINE)
+    plus = any(v > 0 for n, v in conf.items() if "+" in n)
+    if fine and plus:
+        return "fine and +"
+    return "fine only" if fine else "+ only" if plus else "none"
+
+
+def split(labels: str, gt: str) -> dict[str, dict]:
+    preds = load_predictions(labels, list(COLUMNS))
+    conf: dict[str, list] = {}
+    for f in glob.glob(os.path.join(labels, "shards", "**", "*.parquet"), recursive=True):
+        t = pq.read_table(f, columns=["video_id", "time_s", "confidences"]).to_pydict()
+        for v, tm, c in zip(t["video_id"], t["time_s"], t["confidences"], strict=True):
+            conf.setdefault(v, []).append((tm, c))
+    groups: dict[str, dict[str, list]] = {}
+    for truth in load_truth(gt, set(preds["map"])):
+        scores = score_video(truth, {c: preds[c][truth.video] for c in COLUMNS}, False, True)
+        frames = [c for _, c in sorted(conf[truth.video], key=lambda x: x[0])]
+        for k, c in enumerate(frames):  # rows and scores in time order
+            for col in COLUMNS:
+                groups.setdefault(group_of(c), {}).setdefault(col, []).append(scores[col][k]["cc"])
+    return {
+        g: {"frames": len(d["map"]), **{c: round(float(np.mean(v)), 3) for c, v in d.items()}}
+        for g, d in sorted(groups.items())
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--labels", nargs="+", required=True, help="label job outputs (--ablation)")
+    p.add_argument("--gt", required=True, help="their ground truth (a synthetic corpus)")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    results = {labels: split(labels, a.gt) for labels in a.labels}
+    print("| labels | frames selected | frames | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|---|" + "---|" * len(COLUMNS))
+    for labels, groups in results.items():
+        for g, r in groups.items():
+            cells = " | ".join(f"{r[c]:.3f}" for c in COLUMNS)
+            print(f"| {labels} | {g} | {r['frames']} | {cells} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
