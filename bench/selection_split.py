@@ -41,17 +41,23 @@ def group_of(conf: dict[str, float]) -> str:
     return "fine only" if fine else "+ only" if plus else "none"
 
 
-def split(labels: str, gt: str) -> dict[str, dict]:
-    preds = load_predictions(labels, list(COLUMNS))
+def frame_confidences(labels: str) -> dict[str, list[dict[str, float]]]:
+    """Per video, each frame's selected confidences (Eq. 3), in time order."""
     conf: dict[str, list] = {}
     for f in glob.glob(os.path.join(labels, "shards", "**", "*.parquet"), recursive=True):
         t = pq.read_table(f, columns=["video_id", "time_s", "confidences"]).to_pydict()
         for v, tm, c in zip(t["video_id"], t["time_s"], t["confidences"], strict=True):
             conf.setdefault(v, []).append((tm, c))
+    return {v: [c for _, c in sorted(rows, key=lambda x: x[0])] for v, rows in conf.items()}
+
+
+def split(labels: str, gt: str) -> dict[str, dict]:
+    preds = load_predictions(labels, list(COLUMNS))
+    conf = frame_confidences(labels)
     groups: dict[str, dict[str, list]] = {}
     for truth in load_truth(gt, set(preds["map"])):
         scores = score_video(truth, {c: preds[c][truth.video] for c in COLUMNS}, False, True)
-        frames = [c for _, c in sorted(conf[truth.video], key=lambda x: x[0])]
+        frames = conf[truth.video]
         for k, c in enumerate(frames):  # rows and scores in time order
             for col in COLUMNS:
                 groups.setdefault(group_of(c), {}).setdefault(col, []).append(scores[col][k]["cc"])
@@ -68,17 +74,13 @@ def with_fine_mean_where_only_plus(labels: str, gt: str) -> dict[str, float]:
     frame -> per video -> mean over videos, beside SCAM+ and SCAM fine."""
     cols = ["map", "map_ac_fine", "map_scam_fine"]
     preds = load_predictions(labels, cols)
-    conf: dict[str, list] = {}
-    for f in glob.glob(os.path.join(labels, "shards", "**", "*.parquet"), recursive=True):
-        t = pq.read_table(f, columns=["video_id", "time_s", "confidences"]).to_pydict()
-        for v, tm, c in zip(t["video_id"], t["time_s"], t["confidences"], strict=True):
-            conf.setdefault(v, []).append((tm, c))
+    conf = frame_confidences(labels)
     per_video: dict[str, list[float]] = {"map": [], "variant": [], "map_scam_fine": []}
     for truth in load_truth(gt, set(preds["map"])):
         times, scam_plus = preds["map"][truth.video]
         _, ac_fine = preds["map_ac_fine"][truth.video]
         variant = scam_plus.copy()
-        frames = [c for _, c in sorted(conf[truth.video], key=lambda x: x[0])]
+        frames = conf[truth.video]
         for k, c in enumerate(frames):
             if group_of(c) == "+ only":
                 both = scam_plus[k] / max(scam_plus[k].max(), 1e-6)
