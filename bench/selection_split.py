@@ -11,7 +11,7 @@ S net's CAM, SCAM' and SCAM+ against the ground truth (the evaluation's preproce
 For example the held-out labels of ``bench/teacher_fits.py``:
 ``--labels runs/teacher_fits/ablate-seed{0,1,2}/heldout-labels --gt
 runs/teacher_fits/corpus-heldout``. It also prints an offline estimate of a variant
-that is not the paper's (:func:`with_fine_mean_where_only_plus`).
+that is not the paper's (:func:`variant_where_only_plus`).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from factory.evaluation.evaluate import load_predictions, load_truth, score_video
+from factory.method.labeler import SOURCES
 
 COLUMNS = ("map_scam_fine", "map_ac_fine", "map_cam_s_fine", "map_scam_prime", "map")
-FINE = ("S", "ST", "SA")  # the fine sources' names in the confidences column
+FINE = tuple(s for s in SOURCES if "+" not in s)  # the fine S, ST, SA of Eq. 8
 
 
 def group_of(conf: dict[str, float]) -> str:
     fine = any(conf[n] > 0 for n in FINE)
-    plus = any(v > 0 for n, v in conf.items() if "+" in n)
+    plus = any(conf[n] > 0 for n in SOURCES if n not in FINE)
     if fine and plus:
         return "fine and +"
     return "fine only" if fine else "+ only" if plus else "none"
@@ -51,50 +52,42 @@ def frame_confidences(labels: str) -> dict[str, list[dict[str, float]]]:
     return {v: [c for _, c in sorted(rows, key=lambda x: x[0])] for v, rows in conf.items()}
 
 
-def split(labels: str, gt: str) -> dict[str, dict]:
+def variant_where_only_plus(scam_plus: np.ndarray, ac_fine: np.ndarray) -> np.ndarray:
+    """One frame of an offline variant that is not the paper's: SCAM+ and the fine maps'
+    mean (AC fine) added, each scaled to a peak of 1, for a frame where only ``+`` pairs
+    are selected (computed on the saved uint8 maps)."""
+    both = scam_plus / max(scam_plus.max(), 1e-6) + ac_fine / max(ac_fine.max(), 1e-6)
+    return both / max(both.max(), 1e-6)
+
+
+def split(labels: str, gt: str) -> tuple[dict[str, dict], dict[str, float]]:
+    """Per group of frames, the frames and each column's mean per-frame CC; and over all
+    frames (per frame -> per video -> mean over videos, as the evaluation averages) SCAM
+    fine, SCAM+ and the offline variant (:func:`variant_where_only_plus` on the ``+``-only
+    frames, SCAM+ elsewhere). One pass: every map is loaded and scored once."""
     preds = load_predictions(labels, list(COLUMNS))
     conf = frame_confidences(labels)
     groups: dict[str, dict[str, list]] = {}
+    per_video: dict[str, list[float]] = {"map_scam_fine": [], "map": [], "variant": []}
     for truth in load_truth(gt, set(preds["map"])):
-        scores = score_video(truth, {c: preds[c][truth.video] for c in COLUMNS}, False, True)
-        frames = conf[truth.video]
-        for k, c in enumerate(frames):  # rows and scores in time order
+        maps = {c: preds[c][truth.video] for c in COLUMNS}
+        frames = [group_of(c) for c in conf[truth.video]]  # time order, as the maps
+        times, scam_plus = maps["map"]
+        variant = scam_plus.copy()
+        for k, g in enumerate(frames):
+            if g == "+ only":
+                variant[k] = variant_where_only_plus(scam_plus[k], maps["map_ac_fine"][1][k])
+        scores = score_video(truth, {**maps, "variant": (times, variant)}, False, True)
+        for k, g in enumerate(frames):
             for col in COLUMNS:
-                groups.setdefault(group_of(c), {}).setdefault(col, []).append(scores[col][k]["cc"])
-    return {
+                groups.setdefault(g, {}).setdefault(col, []).append(scores[col][k]["cc"])
+        for m in per_video:
+            per_video[m].append(float(np.mean([r["cc"] for r in scores[m]])))
+    by_group = {
         g: {"frames": len(d["map"]), **{c: round(float(np.mean(v)), 3) for c, v in d.items()}}
         for g, d in sorted(groups.items())
     }
-
-
-def with_fine_mean_where_only_plus(labels: str, gt: str) -> dict[str, float]:
-    """An offline estimate of a variant that is not the paper's: on the frames where only
-    ``+`` pairs are selected, SCAM+ and the fine maps' mean (AC fine) added, each scaled
-    to a peak of 1, instead of SCAM+ alone; computed on the saved uint8 maps. CC per
-    frame -> per video -> mean over videos, beside SCAM+ and SCAM fine."""
-    cols = ["map", "map_ac_fine", "map_scam_fine"]
-    preds = load_predictions(labels, cols)
-    conf = frame_confidences(labels)
-    per_video: dict[str, list[float]] = {"map": [], "variant": [], "map_scam_fine": []}
-    for truth in load_truth(gt, set(preds["map"])):
-        times, scam_plus = preds["map"][truth.video]
-        _, ac_fine = preds["map_ac_fine"][truth.video]
-        variant = scam_plus.copy()
-        frames = conf[truth.video]
-        for k, c in enumerate(frames):
-            if group_of(c) == "+ only":
-                both = scam_plus[k] / max(scam_plus[k].max(), 1e-6)
-                both = both + ac_fine[k] / max(ac_fine[k].max(), 1e-6)
-                variant[k] = both / max(both.max(), 1e-6)
-        maps = {
-            "map": (times, scam_plus),
-            "variant": (times, variant),
-            "map_scam_fine": preds["map_scam_fine"][truth.video],
-        }
-        scores = score_video(truth, maps, False, True)
-        for m in per_video:
-            per_video[m].append(float(np.mean([r["cc"] for r in scores[m]])))
-    return {m: round(float(np.mean(v)), 3) for m, v in per_video.items()}
+    return by_group, {m: round(float(np.mean(v)), 3) for m, v in per_video.items()}
 
 
 def main() -> None:
@@ -105,8 +98,9 @@ def main() -> None:
     p.add_argument("--gt", required=True, help="their ground truth (a synthetic corpus)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    results = {labels: split(labels, a.gt) for labels in a.labels}
-    offline = {labels: with_fine_mean_where_only_plus(labels, a.gt) for labels in a.labels}
+    both = {labels: split(labels, a.gt) for labels in a.labels}
+    results = {labels: b[0] for labels, b in both.items()}
+    offline = {labels: b[1] for labels, b in both.items()}
     print("| labels | frames selected | frames | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---|" + "---|" * len(COLUMNS))
     for labels, groups in results.items():

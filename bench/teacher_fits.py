@@ -89,8 +89,8 @@ def main() -> None:
     print("| raw map | " + " | ".join(results) + " | mean |")
     print("|---|" + "---|" * (len(results) + 1))
     for n in names:
-        cells = [r["raw_cc"].get(n) for r in results.values()]
-        mean = sum(c for c in cells if c is not None) / max(1, len(cells))
+        cells = [r["raw_cc"][n] for r in results.values()]
+        mean = sum(cells) / len(cells)
         print(f"| {n} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {mean:.3f} |")
     if a.json:
         with open(a.json, "w") as f:
